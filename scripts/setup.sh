@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create .venv next to this repository and install vpr_ros with every extra (training, ROS 2
+# wheels, test tools). Safe to run again: it reinstalls only when setup.py has changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+  echo "error: $python is missing or older than 3.10 (set PYTHON=/path/to/python3.11)" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv || {
+    echo "error: could not create .venv; on Debian/Ubuntu install the venv module: apt-get install python3-venv" >&2
+    exit 1
+  }
+fi
+stamp=.venv/.vpr_ros-setup
+want=$(cat setup.py | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+  echo "setup: installing vpr_ros and its dependencies into .venv (first time: a few minutes)" >&2
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e '.[all]'
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,76 @@
+"""ament_python package vpr_ros: the ROS 2 runtime (`vpr_ros`) and the training stack (`training`).
+
+Python dependencies are declared here once. `pip install -e '.[all]'` gives a complete
+development environment in a plain venv; on a robot with a ROS 2 install the `ros` extra is
+unnecessary (rclpy and the messages come from apt, see package.xml).
+"""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "vpr_ros"
+
+RUNTIME = [
+    "numpy>=1.26",
+    "opencv-python-headless>=4.8,<5",  # 5.x drops parts of the 4.x API
+    "pyyaml>=6",
+    "rosbags>=0.11.9,<0.12",  # rosbag2 read/write without a ROS install
+    "tqdm>=4.66",
+    "matplotlib>=3.8",
+]
+TRAIN = [
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "scipy>=1.11",  # Pittsburgh dbStruct .mat files
+    "h5py>=3.10",  # TB-Places similarity files
+    "pyproj>=3.6",  # UTM <-> WGS84 for MSLS raw.csv
+    "shapely>=2.0",  # exact polygon overlaps (reference for the FoV labels)
+]
+ROS = [
+    "ros-rclpy",
+    "ros-rmw-fastrtps-cpp",
+    "ros-std-msgs",
+    "ros-std-srvs",
+    "ros-sensor-msgs",
+    "ros-geometry-msgs",
+    "ros-nav-msgs",
+    "ros-visualization-msgs",
+    "ros-diagnostic-msgs",
+]
+DEV = [
+    "pytest>=8",
+    "pytest-timeout>=2.3",
+    "hypothesis>=6.100",
+    "ruff==0.17.5",
+]
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=["vpr_ros", "vpr_ros.*", "training", "training.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+    ],
+    python_requires=">=3.10",
+    install_requires=RUNTIME,
+    extras_require={
+        "train": TRAIN,
+        "ros": ROS,
+        "dev": DEV,
+        "all": TRAIN + ROS + DEV,
+    },
+    zip_safe=True,
+    maintainer="vpr_ros maintainers",
+    maintainer_email="vpr_ros@example.org",
+    description="Visual place recognition for ROS 2 with a GCL/SARE training stack",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "vpr-train = training.cli:main",
+        ],
+    },
+)

@@ -1,0 +1,78 @@
+"""Shared test fixtures.
+
+ROS 2 isolation: every test run gets its own ``ROS_DOMAIN_ID`` and keeps discovery on this
+host, so parallel runs (and other robots on the network) never see each other. The variables
+are set at import time, before any test imports rclpy, and are inherited by the processes the
+tests start. Processes started through ``ros_process`` are killed with their whole process
+group when the test ends, whatever its outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# Domain ids 1..100 are safe for Fast DDS port arithmetic on Linux; 0 is the shared default.
+os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rclpy_available() -> bool:
+    try:
+        import rclpy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+HAVE_RCLPY = _rclpy_available()
+requires_rclpy = pytest.mark.skipif(
+    not HAVE_RCLPY, reason="rclpy is not installed (pip install -e '.[ros]' or source a ROS 2 install)"
+)
+
+
+@pytest.fixture
+def ros_process() -> Iterator[Callable[..., subprocess.Popen]]:
+    """Start Python processes that talk ROS 2; all of them are stopped at teardown."""
+    started: list[subprocess.Popen] = []
+
+    def start(args: list[str], **kwargs) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO_ROOT,
+            **kwargs,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    for sig, wait_s in ((signal.SIGINT, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue

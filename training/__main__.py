@@ -1,0 +1,6 @@
+"""``python -m training <verb>``: see ``training.cli``."""
+
+from training.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
