@@ -18,6 +18,8 @@ RUNTIME = [
     "rosbags>=0.11.9,<0.12",  # rosbag2 read/write without a ROS install
     "tqdm>=4.66",
     "matplotlib>=3.8",
+    "faiss-cpu>=1.8",  # place map index
+    "onnxruntime>=1.18",  # CPU inference of exported model bundles
 ]
 TRAIN = [
     "torch==2.14.1",
@@ -26,6 +28,8 @@ TRAIN = [
     "h5py>=3.10",  # TB-Places similarity files
     "pyproj>=3.6",  # UTM <-> WGS84 for MSLS raw.csv
     "shapely>=2.0",  # exact polygon overlaps (reference for the FoV labels)
+    "onnx>=1.16",  # model bundle export and checks
+    "onnxscript>=0.2",  # torch.onnx.export's exporter needs it
 ]
 ROS = [
     "ros-rclpy",

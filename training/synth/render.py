@@ -40,7 +40,7 @@ class Renderer:
         self._col = (np.arange(camera.width) - camera.cx) / camera.fx  # tan of the column angle
         self._row = (camera.cy - np.arange(camera.height)) / camera.fx  # tan of the row elevation
         self._static_centres = town.statics.centres()
-        self._static_reach = town.statics.half_extent() + max_range_m
+        self._static_half = town.statics.half_extent()
 
     def render(
         self,
@@ -64,9 +64,10 @@ class Renderer:
         return self._expose(colour, depth, condition, rng)
 
     def _visible(self, origin: np.ndarray, forward: np.ndarray, dynamic: Primitives) -> Primitives:
+        """Static primitives within range and not wholly behind the camera, plus the dynamic ones."""
         rel = self._static_centres - origin
-        near = np.einsum("ij,ij->i", rel, rel) < self._static_reach**2
-        ahead = rel @ forward > -self._static_reach + self.max_range_m
+        near = np.einsum("ij,ij->i", rel, rel) < (self._static_half + self.max_range_m) ** 2
+        ahead = rel @ forward > -self._static_half
         return Primitives.concat([self.town.statics.select(near & ahead), dynamic])
 
     def _intersect(self, origin: np.ndarray, rays: np.ndarray, prims: Primitives) -> Hits:
