@@ -26,6 +26,7 @@ from training.synth.routes import route_path, sample_drive
 from training.synth.traverse import GeoReference, Traverse, WorldInfo
 from training.synth.world import build_town
 from training.synth.writers import WRITERS
+from training.synth.writers.msls import msls_sequence_key
 
 FORMAT_VERSION = 1
 CITY = "synthtown"
@@ -135,6 +136,7 @@ def _summary(world: WorldInfo, paths: dict, formats, bag_storage: str) -> dict:
                 "frames": len(t),
                 "start_ns": int(t.stamps_ns[0]),
                 "end_ns": int(t.stamps_ns[-1]),
+                "msls_sequence_key": msls_sequence_key(world.seed, t.name),
             }
             for t in world.traverses
         ],

@@ -110,7 +110,7 @@ class MslsWriter(FrameWriter):
         n = len(trav)
         utm = self.world.geo.to_utm(trav.xy)
         lon, lat = to_lonlat.transform(utm[:, 0], utm[:, 1])
-        sequence_key = stable_id(self.world.seed, "sequence", trav.name)
+        sequence_key = msls_sequence_key(self.world.seed, trav.name)
         columns = {
             "key": self.keys[t],
             "lon": np.asarray(lon, dtype=np.float64).tolist(),
@@ -129,6 +129,11 @@ class MslsWriter(FrameWriter):
         }
         columns.update({name: [flag] * n for name, flag in subtask_flags(trav).items()})
         return columns
+
+
+def msls_sequence_key(seed: int, traverse_name: str) -> str:
+    """The ``sequence_key`` of a traverse in seq_info.csv (also listed in world.json)."""
+    return stable_id(seed, "sequence", traverse_name)
 
 
 def subtask_flags(traverse: Traverse) -> dict[str, bool]:
