@@ -7,7 +7,7 @@ from +x, radians), so labelling, sampling and evaluation never see a format agai
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,4 +67,16 @@ class PlaceDataset:
     train_positive_m: float = 10.0
     radius_m: float = 50.0
     fov_deg: float = 90.0
-    meta: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)  # numpy arrays here are per query (one row each)
+
+    def subset(self, database: np.ndarray | None = None, queries: np.ndarray | None = None) -> PlaceDataset:
+        """The same protocol on some database images and/or queries; per-query meta arrays follow."""
+        meta = self.meta
+        if queries is not None:
+            meta = {k: v[queries] if isinstance(v, np.ndarray) else v for k, v in meta.items()}
+        return replace(
+            self,
+            database=self.database if database is None else self.database.subset(database),
+            queries=self.queries if queries is None else self.queries.subset(queries),
+            meta=meta,
+        )
