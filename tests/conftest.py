@@ -76,3 +76,15 @@ def _stop_group(proc: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory) -> Path:
+    """The `small` synthetic world (seed 0), generated once per test session (~6 s). Read-only:
+    tests that damage a world copy it first."""
+    from training.synth.generate import generate
+    from training.synth.presets import get_preset
+
+    out = tmp_path_factory.mktemp("small_world") / "world"
+    generate(out, get_preset("small"), seed=0, progress=False)
+    return out

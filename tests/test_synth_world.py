@@ -32,13 +32,6 @@ def tree_digest(root: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def small_world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("world") / "small"
-    generate(out, SMALL, seed=0, progress=False)
-    return out
-
-
 def _one_wall_town(distance: float, height: float) -> Town:
     """A single white wall across the view at x = distance, facing the camera at the origin."""
     atlas = Atlas()
