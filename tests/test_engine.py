@@ -7,6 +7,7 @@ refusals.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -47,22 +48,31 @@ def write_config(tmp_path: Path, world: Path, loss: str = "gcl", **train) -> Pat
     return path
 
 
-def train(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command from the repository root with one math thread per process."""
     result = subprocess.run(
-        [sys.executable, "-m", "training", "train", "--quiet", *args],
+        argv,
         capture_output=True,
         text=True,
         timeout=600,
         cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "last.pt", map_location="cpu", weights_only=True)["model"]
+def training_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "training", *args], check)
+
+
+def train(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return training_cli("train", "--quiet", *args, check=check)
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return torch.load(folder / "last.pt", map_location="cpu", weights_only=True)["model"]
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -86,9 +96,9 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(small_world, t
 def test_a_killed_run_resumes_from_its_last_checkpoint(small_world, tmp_path):
     cfg = write_config(tmp_path, small_world, steps=8)
     train("--config", str(cfg), "--out", str(tmp_path / "straight"), "train.steps=8")
-    run = tmp_path / "killed"
+    killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "training", "train", "--quiet", "--config", str(cfg), "--out", str(run)],
+        [sys.executable, "-m", "training", "train", "--quiet", "--config", str(cfg), "--out", str(killed)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -97,16 +107,16 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(small_world, tmp_path):
     )
     try:
         deadline = time.monotonic() + 300
-        while not (run / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        while not (killed / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
-    state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    state = torch.load(killed / "last.pt", map_location="cpu", weights_only=True)
     assert 2 <= state["step"] < 8
-    assert not list(run.glob(".last.pt.tmp-*")) or True  # a torn temp file may remain; last.pt is whole
-    train("--resume", "--out", str(run))
-    assert_same_weights(tmp_path / "straight", run)
+    train("--resume", "--out", str(killed))
+    assert_same_weights(tmp_path / "straight", killed)
 
 
 @pytest.mark.skipif(
@@ -123,18 +133,10 @@ def test_two_gloo_processes_follow_the_single_process_run(small_world, tmp_path)
     train("--config", str(cfg), "--out", str(tmp_path / "single"))
     torchrun = str(Path(sys.executable).parent / "torchrun")
     command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "training", "train", "--quiet"]
-    result = subprocess.run(
-        [*command, "--config", str(cfg), "--out", str(tmp_path / "ddp")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run([*command, "--config", str(cfg), "--out", str(tmp_path / "ddp")])
 
-    def losses(run: Path) -> list[float]:
-        return [float(line.split(",")[1]) for line in (run / "metrics.csv").read_text().split()[1:]]
+    def losses(folder: Path) -> list[float]:
+        return [float(line.split(",")[1]) for line in (folder / "metrics.csv").read_text().split()[1:]]
 
     single, ddp = losses(tmp_path / "single"), losses(tmp_path / "ddp")
     assert len(single) == len(ddp) == 6
@@ -193,15 +195,7 @@ def test_evaluate_writes_a_report_for_a_checkpoint_and_the_baselines(small_world
     train("--config", str(cfg), "--out", str(tmp_path / "run"))
 
     def evaluate(*args: str) -> dict:
-        result = subprocess.run(
-            [sys.executable, "-m", "training", "evaluate", *args],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            cwd=REPO,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
+        result = training_cli("evaluate", *args)
         assert "R@1" in result.stdout
         return json.loads((Path(args[args.index("--out") + 1]) / "report.json").read_text())
 
@@ -216,10 +210,21 @@ def test_evaluate_writes_a_report_for_a_checkpoint_and_the_baselines(small_world
         assert (tmp_path / "e1" / png).stat().st_size > 1000
     raw = evaluate("--baseline", "raw-pixels", "--config", str(cfg), "--out", str(tmp_path / "e2"))
     assert "raw pixels" in raw["method"]
-    bad = subprocess.run(
-        [sys.executable, "-m", "training", "evaluate", "--out", str(tmp_path / "e3")],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    bad = training_cli("evaluate", "--out", str(tmp_path / "e3"), check=False)
     assert bad.returncode == 2 and "exactly one of --checkpoint or --baseline" in bad.stderr
+
+
+def test_pittsburgh_has_no_headings_contrastive_uses_binary_pairs_and_gcl_refuses(small_world, tmp_path):
+    cfg = write_config(tmp_path, small_world, "contrastive", steps=2)
+    pitts = str(small_world / "pittsburgh")
+    overrides = [
+        f"data.train={{format: pittsburgh, root: {pitts}, split: train}}",
+        f"data.val={{format: pittsburgh, root: {pitts}, split: val}}",
+    ]
+    train("--config", str(cfg), "--out", str(tmp_path / "binary"), *overrides)
+    log = (tmp_path / "binary" / "train.log").read_text()
+    assert "binary pairs available" in log
+    refused = train(
+        "--config", str(cfg), "--out", str(tmp_path / "gcl"), "loss.name=gcl", *overrides, check=False
+    )
+    assert refused.returncode == 2 and "graded labels need camera headings" in refused.stderr

@@ -79,7 +79,7 @@ class LabelConfig:
 @dataclass
 class LossConfig:
     name: str = "gcl"
-    margin: float = 0.5
+    margin: float | None = None  # None = the loss's paper default (GCL/contrastive 0.5, triplet 0.1)
     kernel: str = "gaussian"  # SARE
 
 

@@ -14,6 +14,7 @@ What makes it safe to run for days:
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ from training.data import TrainingPlaces, load_source
 from training.datasets.base import PlaceDataset
 from training.datasets.images import ImageListDataset, load_image
 from training.errors import UserError
-from training.losses import make_loss
+from training.losses import make_loss, triplet_loss
 from training.models import ModelConfig, PlaceNet, build_model
 
 log = logging.getLogger("training")
@@ -320,15 +321,30 @@ class Trainer:
             )
 
     def _loss_options(self) -> dict:
-        name, lc = self.cfg.loss.name, self.cfg.loss
-        if name in ("gcl", "contrastive", "triplet"):
-            return {"margin": lc.margin}
-        return {"kernel": lc.kernel}
+        lc = self.cfg.loss
+        if lc.name.startswith("sare"):
+            return {"kernel": lc.kernel}
+        return {} if lc.margin is None else {"margin": lc.margin}
+
+    def _triplet_margin(self) -> float | None:
+        """The triplet loss's margin, which also decides what the miner's negCache keeps."""
+        if self.cfg.loss.name != "triplet":
+            return None
+        default = inspect.signature(triplet_loss).parameters["margin"].default
+        return default if self.cfg.loss.margin is None else self.cfg.loss.margin
 
     def _make_sampler(self):
         from training import sampling
 
         s, p = self.cfg.sampling, self.places
+        headings = bool(np.isfinite(p.database.yaw).all() and np.isfinite(p.queries.yaw).all())
+        if self.cfg.loss.name == "contrastive" and not headings:
+            # No camera headings (Pittsburgh): binary positives by distance, as NetVLAD labels them.
+            sampler = sampling.BinaryPairSampler(
+                p.binary("train"), len(p.database), exclude=p.binary("potential"), seed=self.cfg.train.seed
+            )
+            log.info("binary pairs available: %s", sampler.bin_counts())
+            return sampler
         if self.pairs:
             labels = p.graded_labels(self.cfg.labels.radius_m, self.cfg.labels.fov_deg, self.cache_dir)
             threshold = s.binary_threshold if self.cfg.loss.name == "contrastive" else None
@@ -344,7 +360,7 @@ class Trainer:
             n_negatives=s.n_negatives,
             negative_pool=s.negative_pool,
             seed=self.cfg.train.seed,
-            margin=self.cfg.loss.margin if self.cfg.loss.name == "triplet" else None,
+            margin=self._triplet_margin(),
         )
 
     # -- data
@@ -361,25 +377,22 @@ class Trainer:
         return [side.paths[i] for i in idx]
 
     def _refresh_miner(self) -> None:
-        net = self.model
-        db, _ = embed_paths(
-            net,
-            self.places.database.paths,
-            self.size,
-            self.dist.device,
-            self.cfg.eval.batch_size,
-            progress=self.progress and self.dist.main,
-            desc="mining: database",
-        )
-        q, _ = embed_paths(
-            net,
-            self.places.queries.paths,
-            self.size,
-            self.dist.device,
-            self.cfg.eval.batch_size,
-            progress=self.progress and self.dist.main,
-            desc="mining: queries",
-        )
+        """Re-embed the whole training set with the current weights (NetVLAD's descriptor cache)."""
+
+        def embed(side, name):
+            show = self.progress and self.dist.main
+            desc, _ = embed_paths(
+                self.model,
+                side.paths,
+                self.size,
+                self.dist.device,
+                self.cfg.eval.batch_size,
+                progress=show,
+                desc=f"mining: {name}",
+            )
+            return desc
+
+        db, q = embed(self.places.database, "database"), embed(self.places.queries, "queries")
         self.sampler.refresh(db, q)
         self.mined = True
 
