@@ -80,9 +80,9 @@ def _score(dataset: PlaceDataset, describe, raw: bool, cfg: Config) -> dict:
 
 def _from_ranking(dataset: PlaceDataset, idx: np.ndarray, cfg: Config) -> dict:
     ns = tuple(cfg.eval.recall_ns)
-    protocol = metrics.recall_at_n(idx, metrics.positives(dataset, angle_deg=dataset.positive_deg), ns)
-    per_tag = {}
     pos = metrics.positives(dataset, angle_deg=dataset.positive_deg)
+    protocol = metrics.recall_at_n(idx, pos, ns)
+    per_tag = {}
     tags = np.array([dataset.queries.tag(i) for i in range(len(dataset.queries))])
     for tag in sorted(set(tags)):
         sel = np.flatnonzero(tags == tag)
