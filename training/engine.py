@@ -131,18 +131,26 @@ def embed_paths(
     return np.concatenate(out), np.concatenate(ok).astype(bool)
 
 
+def embed_dataset(describe, dataset: PlaceDataset) -> tuple[PlaceDataset, np.ndarray, np.ndarray]:
+    """Describe both sides with ``describe(paths) -> (descriptors, ok)`` and drop the unreadable
+    images, so no zero descriptor is ever scored as a real image."""
+    db, db_ok = describe(dataset.database.paths)
+    q, q_ok = describe(dataset.queries.paths)
+    return dataset.subset(np.flatnonzero(db_ok), np.flatnonzero(q_ok)), db[db_ok], q[q_ok]
+
+
 def evaluate_model(
     model: PlaceNet, datasets: list[PlaceDataset], size, device, batch_size: int, progress: bool = False
 ) -> dict:
     """Retrieval metrics per dataset and their query-weighted mean (``recall@N`` keys)."""
     from training.evaluation.metrics import evaluate_retrieval
 
+    def describe(paths):
+        return embed_paths(model, paths, size, device, batch_size, progress=progress)
+
     per, weights = {}, []
     for d in datasets:
-        db, db_ok = embed_paths(model, d.database.paths, size, device, batch_size, progress=progress)
-        q, q_ok = embed_paths(model, d.queries.paths, size, device, batch_size, progress=progress)
-        clean = d.subset(np.flatnonzero(db_ok), np.flatnonzero(q_ok))
-        per[d.name] = evaluate_retrieval(clean, db[db_ok], q[q_ok])
+        per[d.name] = evaluate_retrieval(*embed_dataset(describe, d))
         weights.append(per[d.name]["protocol"]["n_evaluated"])
     summary = {}
     total = max(sum(weights), 1)

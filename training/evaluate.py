@@ -18,6 +18,7 @@ from training.config import Config, load_config, with_overrides
 from training.data import load_source, tag_names
 from training.datasets.base import PlaceDataset
 from training.engine import (
+    embed_dataset,
     embed_paths,
     load_checkpoint,
     model_config,
@@ -64,10 +65,7 @@ def _describer(args: argparse.Namespace, cfg: Config, checkpoint: dict | None):
 
 
 def _score(dataset: PlaceDataset, describe, raw: bool, cfg: Config) -> dict:
-    db, db_ok = describe(dataset.database.paths)
-    q, q_ok = describe(dataset.queries.paths)
-    dataset = dataset.subset(np.flatnonzero(db_ok), np.flatnonzero(q_ok))
-    db, q = db[db_ok], q[q_ok]
+    dataset, db, q = embed_dataset(describe, dataset)
     if raw:  # SAD ranking: the retrieval metrics take the ranking, not descriptors
         _, idx = sad_search(db, q, max(cfg.eval.recall_ns))
         return _from_ranking(dataset, idx, cfg)
