@@ -88,3 +88,19 @@ def small_world(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("small_world") / "world"
     generate(out, get_preset("small"), seed=0, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, small_world) -> Path:
+    """A model bundle of MobileNetV2-GeM (packaged ImageNet weights) at 64x96, exported once per
+    session by the real exporter (~6 s). Read-only: tests that damage a bundle copy it first."""
+    pytest.importorskip("onnx", reason="bundle export needs the 'train' extra")
+    from training.export import Source, export_bundle, image_folder, sample_images
+    from training.models import ModelConfig, build_model
+
+    model, _ = build_model(ModelConfig(backbone="mobilenet_v2", weights="imagenet"))
+    source = Source(model, (64, 96), {"backbone": "mobilenet_v2", "pooling": "gem"}, {"source": "tests"}, {})
+    images = sample_images(image_folder(small_world / "msls" / "train_val" / "synthtown" / "database"), 8)
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    export_bundle(source, out, images, "small world")
+    return out

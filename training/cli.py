@@ -6,6 +6,7 @@ Verbs:
   label     compute and cache the graded FoV labels of a config's training data
   train     train a model from a YAML recipe (``torchrun`` for several processes)
   evaluate  recall@N, localization accuracy and PCA sweeps of a checkpoint or a baseline
+  export    a checkpoint (ours or an official GCL release) -> a parity-checked model bundle
 
 User mistakes (bad paths, presets, values) end with one line on stderr and exit status 2.
 """
@@ -81,6 +82,82 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(report)
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 480x640, got {text!r}") from None
+    if min(h, w) < 32:
+        raise argparse.ArgumentTypeError(f"input size {text} is below 32 px")
+    return h, w
+
+
+def _export(args: argparse.Namespace) -> None:
+    from training.export import (
+        check_out,
+        export_bundle,
+        from_checkpoint,
+        from_gcl,
+        image_folder,
+        procedural_images,
+        sample_images,
+    )
+
+    check_out(args.out, args.overwrite)
+    if args.parity_count < 2:
+        raise UserError(f"--parity-count must be >= 2, got {args.parity_count}")
+    if args.pca_dim is not None and args.pca_dim < 1:
+        raise UserError(f"--pca-dim must be >= 1, got {args.pca_dim}")
+    if args.similarity_threshold is not None and not -1.0 <= args.similarity_threshold <= 1.0:
+        raise UserError(f"--similarity-threshold is a cosine in [-1, 1], got {args.similarity_threshold}")
+    if (args.checkpoint is None) == (args.gcl_checkpoint is None):
+        raise UserError("give exactly one of --checkpoint and --gcl-checkpoint")
+    if args.checkpoint is not None:
+        source = from_checkpoint(args.checkpoint)
+    else:
+        source = from_gcl(args.gcl_checkpoint, args.backbone, args.pooling)
+    if args.input_size is not None:
+        if args.input_size != source.input_size:
+            logging.getLogger("training").warning(
+                "exporting at %dx%d; the network was trained at %dx%d",
+                *args.input_size,
+                *source.input_size,
+            )
+        source.input_size = args.input_size
+
+    def images(folder, default_key, count, what):
+        if folder is not None:
+            return sample_images(image_folder(folder), count), f"{folder} ({what})"
+        paths = source.data_roots.get(default_key) or []
+        if paths:
+            return sample_images(paths, count), f"the recipe's data.{default_key} database"
+        return None, None
+
+    pca = None
+    if args.pca_dim is not None:
+        pca_images, origin = images(args.pca_images, "train", args.pca_samples, "PCA")
+        if pca_images is None:
+            raise UserError("--pca-dim needs --pca-images DIR (the checkpoint names no training images here)")
+        pca = (args.pca_dim, pca_images, origin)
+    parity, parity_origin = images(args.parity_images, "val", args.parity_count, "parity")
+    if parity is None:
+        parity, parity_origin = procedural_images(args.parity_count), "procedural noise images (seed 0)"
+    meta = export_bundle(
+        source, args.out, parity, parity_origin, pca, args.similarity_threshold, args.overwrite
+    )
+    out = meta["output"]
+    checks = ", ".join(
+        f"{name} min cosine {result['min_cosine']:.6f} top-5 {result['top_k_identical']}"
+        for name, result in meta["parity"].items()
+        if isinstance(result, dict)
+    )
+    print(
+        f"bundle {args.out}: {meta['architecture']['backbone']}-{meta['architecture']['pooling']} "
+        f"{out['dim']}-D at {meta['input']['height']}x{meta['input']['width']}, {meta['content_hash'][:19]}"
+    )
+    print(f"parity on {meta['parity']['images']} images ({parity_origin}): {checks}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n")[0])
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -133,6 +210,30 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--real-dev", action="store_true", help="also score the real_dev photographs")
     evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     evaluate.set_defaults(run=_evaluate)
+
+    export = verbs.add_parser("export", help="export a checkpoint to a model bundle (ONNX + torch program)")
+    export.add_argument("--checkpoint", type=Path, help="a vpr_ros training checkpoint (best.pt / last.pt)")
+    export.add_argument(
+        "--gcl-checkpoint", type=Path, help="an official GCL release, e.g. MSLS_resnet50_GeM_480_GCL.pth"
+    )
+    export.add_argument("--backbone", help="GCL checkpoint backbone (default: read from the file name)")
+    export.add_argument("--pooling", choices=("gem", "avg", "netvlad"), help="GCL checkpoint pooling")
+    export.add_argument("--out", type=Path, required=True, help="bundle directory (must be new or empty)")
+    export.add_argument("--input-size", type=_size, help="HxW the bundle resizes to (default: training's)")
+    export.add_argument(
+        "--pca-dim", type=int, help="fit PCA-whitening to this many dimensions into the graph"
+    )
+    export.add_argument(
+        "--pca-images", type=Path, help="images to fit PCA on (default: the recipe's train data)"
+    )
+    export.add_argument("--pca-samples", type=int, default=1000, help="images used for the PCA fit (1000)")
+    export.add_argument("--parity-images", type=Path, help="images for the parity check (default: val data)")
+    export.add_argument("--parity-count", type=int, default=32, help="images in the parity check (32)")
+    export.add_argument(
+        "--similarity-threshold", type=float, help="suggested 'unknown place' cosine threshold for model.json"
+    )
+    export.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
+    export.set_defaults(run=_export)
     return parser
 
 
