@@ -45,6 +45,9 @@ ROS = [
     "ros-visualization-msgs",
     "ros-diagnostic-msgs",
 ]
+# The TensorRT backend: torch for CUDA buffers and GPU identity, ModelOpt for TensorRT 11's FP16
+# (AutoCast) and INT8 (Q/DQ) conversions. TensorRT itself comes from JetPack or NVIDIA's index.
+TENSORRT = ["torch", "nvidia-modelopt[onnx]"]
 DEV = [
     "pytest>=8",
     "pytest-timeout>=2.3",
@@ -68,6 +71,7 @@ setup(
         "train": TRAIN,
         "ros": ROS,
         "dev": DEV,
+        "tensorrt": TENSORRT,
         "all": TRAIN + ROS + DEV,
     },
     zip_safe=True,
@@ -78,6 +82,7 @@ setup(
     entry_points={
         "console_scripts": [
             "vpr-train = training.cli:main",
+            "vpr-build-engine = vpr_ros.build_engine:main",
         ],
     },
 )

@@ -224,9 +224,7 @@ def test_export_refuses_to_overwrite_and_checks_its_flags(tmp_path, capsys, smal
         training_main(["export", "--checkpoint", "x", "--out", "y", "--input-size", "64by80"])
 
 
-def test_runtime_preprocessing_is_bit_identical_to_training(
-    exported, tmp_path
-) -> None:
+def test_runtime_preprocessing_is_bit_identical_to_training(exported, tmp_path) -> None:
     """The runtime's preprocessing is training's: a file read by training.load_image and the same
     pixels given to the runtime produce the same input tensor."""
     from training.datasets.images import load_image
