@@ -143,7 +143,14 @@ def _export(args: argparse.Namespace) -> None:
     if parity is None:
         parity, parity_origin = procedural_images(args.parity_count), "procedural noise images (seed 0)"
     meta = export_bundle(
-        source, args.out, parity, parity_origin, pca, args.similarity_threshold, args.overwrite
+        source,
+        args.out,
+        parity,
+        parity_origin,
+        pca,
+        args.similarity_threshold,
+        args.overwrite,
+        torch_program=not args.no_torch_program,
     )
     out = meta["output"]
     checks = ", ".join(
@@ -231,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--parity-count", type=int, default=32, help="images in the parity check (32)")
     export.add_argument(
         "--similarity-threshold", type=float, help="suggested 'unknown place' cosine threshold for model.json"
+    )
+    export.add_argument(
+        "--no-torch-program",
+        action="store_true",
+        help="leave out model.pt2 (halves the bundle; no PyTorch backend for it)",
     )
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
     export.set_defaults(run=_export)

@@ -294,7 +294,10 @@ def parity_check(model: PlaceNet, bundle_dir: Path, images: list[np.ndarray]) ->
     k = min(TOP_K, len(images) - 1)
     ref_order, ref_sims = _top_k(reference, k)
     report: dict[str, Any] = {"images": len(images), "min_cosine_required": MIN_COSINE, "top_k": k}
-    for backend in (OnnxRuntimeBackend(bundle, "cpu", max_batch=8), TorchBackend(bundle, "cpu", max_batch=8)):
+    backends = [OnnxRuntimeBackend(bundle, "cpu", max_batch=8)]
+    if bundle.torch_path is not None:
+        backends.append(TorchBackend(bundle, "cpu", max_batch=8))
+    for backend in backends:
         out = backend.embed_batch(batch)
         cosine = np.sum(out * reference, axis=1) / (
             np.linalg.norm(out, axis=1) * np.linalg.norm(reference, axis=1) + 1e-12
@@ -345,10 +348,12 @@ def export_bundle(
     pca: tuple[int, list[np.ndarray], str] | None = None,
     similarity_threshold: float | None = None,
     overwrite: bool = False,
+    torch_program: bool = True,
 ) -> dict[str, Any]:
     """Write the bundle for ``source`` at ``out`` (atomically) and return its model.json.
 
-    ``pca`` = (dim, images, origin) fits PCA-whitening on those images first.
+    ``pca`` = (dim, images, origin) fits PCA-whitening on those images first. ``torch_program``
+    False leaves out ``model.pt2`` (half the size; the PyTorch backend is then unavailable).
     """
     out = Path(out)
     check_out(out, overwrite)
@@ -367,7 +372,10 @@ def export_bundle(
     staging.mkdir()
     try:
         _write_onnx(model, source.input_size, staging / ONNX_FILE)
-        _write_program(model, source.input_size, staging / TORCH_FILE)
+        files_written = [ONNX_FILE]
+        if torch_program:
+            _write_program(model, source.input_size, staging / TORCH_FILE)
+            files_written.append(TORCH_FILE)
         input_spec = {
             "name": INPUT_NAME,
             "layout": "NCHW",
@@ -383,7 +391,7 @@ def export_bundle(
         output_spec = {"name": OUTPUT_NAME, "dim": model.output_dim, "normalized": "l2", "dtype": "float32"}
         files = {
             name: {"sha256": _sha256(staging / name), "bytes": (staging / name).stat().st_size}
-            for name in (ONNX_FILE, TORCH_FILE)
+            for name in files_written
         }
         meta = {
             "schema": SCHEMA,
