@@ -59,11 +59,14 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(include=["vpr_ros", "vpr_ros.*", "training", "training.*"]),
+    package_data={PACKAGE: ["models/default/*"]},  # the shipped default model bundle (~10 MB)
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        # `ros2 run` / launch look for executables only in <prefix>/lib/<package>/ (ROS_NOTES §3.1).
+        (f"lib/{PACKAGE}", sorted(glob("ros_executables/*"))),
     ],
     python_requires=">=3.10",
     install_requires=RUNTIME,
@@ -83,6 +86,9 @@ setup(
         "console_scripts": [
             "vpr-train = training.cli:main",
             "vpr-build-engine = vpr_ros.build_engine:main",
+            "vpr-build-map = vpr_ros.build_map:main",
+            "vpr_localizer = vpr_ros.nodes.localizer:main",
+            "vpr_mapper = vpr_ros.nodes.mapper:main",
         ],
     },
 )

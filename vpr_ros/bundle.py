@@ -34,6 +34,12 @@ INTERPOLATIONS = ("area",)  # cv2.INTER_AREA, what training.datasets.images uses
 _CHUNK = 1 << 20
 
 
+def default_model_dir() -> Path:
+    """The bundle shipped in the package: MobileNetV2-GeM fine-tuned with GCL on the synthetic
+    world, PCA-whitened to 256-D (README, "The default model", has the command that makes it)."""
+    return Path(__file__).resolve().parent / "models" / "default"
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
