@@ -1,0 +1,221 @@
+"""``vpr-build-map``: build a place map offline from a rosbag2 recording (images + odometry).
+
+The same code path as the mapping node (:class:`~vpr_ros.pose_sync.ImagePosePairer` for stamp
+matching, :class:`~vpr_ros.map_builder.MapBuilder` for keyframes and embedding), fed from the bag
+by :mod:`vpr_ros.rosbag_source`, so it runs on a laptop without ROS. Inputs are checked before any
+work (an existing ``--out``, the bundle, the bag's topics), and the map is written once, atomically,
+at the end: an error or Ctrl-C leaves ``--out`` as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from vpr_ros.backends import BACKENDS, create_backend
+from vpr_ros.bundle import load_bundle
+from vpr_ros.errors import BackendError, InputError
+from vpr_ros.keyframes import KeyframeSelector
+from vpr_ros.map_builder import MapBuilder
+from vpr_ros.nodes.params import MAPPER
+from vpr_ros.place_map import INDEX_TYPES, META_FILE, PlaceMap
+from vpr_ros.rosbag_source import BagInfo, FrameStream, bag_info, iter_frames
+
+DESCRIPTION = """\
+Build a place map from a rosbag2 recording (mcap or sqlite3) of a camera and odometry. Every image
+is paired with the pose nearest its header stamp; a frame becomes a keyframe when the robot has
+moved --min-distance metres or turned --min-rotation degrees since the last one; keyframes are
+embedded with the model bundle and saved with their poses (in the poses' frame) to --out."""
+
+EPILOG = """\
+examples:
+  vpr-build-map --bag bags/site_day --model bundles/resnet18-gcl --out maps/site
+  vpr-build-map --bag run1 --model m --out maps/run1 --image-topic /cam/image_raw/compressed \\
+      --pose-topic /odometry/filtered --extrinsic "0.2 0 1.1 -0.5 0.5 -0.5 0.5"
+exit status: 0 map written, 2 bad input (one line on stderr, nothing written), 130 interrupted."""
+
+EMBED_BATCH = 8
+# The mapping node's defaults (config/mapper.yaml), so a map built live and one built offline agree.
+DEFAULTS = {p.name: p.default for p in MAPPER}
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vpr-build-map",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--bag", required=True, type=Path, help="rosbag2 directory (holds metadata.yaml)")
+    parser.add_argument("--model", required=True, type=Path, help="model bundle directory")
+    parser.add_argument("--out", required=True, type=Path, help="place map directory to write")
+    parser.add_argument(
+        "--image-topic", help="sensor_msgs Image or CompressedImage topic (default: the only one)"
+    )
+    parser.add_argument(
+        "--pose-topic",
+        help="nav_msgs/Odometry, PoseStamped or PoseWithCovarianceStamped topic (default: the only one)",
+    )
+    parser.add_argument(
+        "--sync-tolerance",
+        type=_non_negative,
+        default=DEFAULTS["mapper.sync_tolerance_s"],
+        metavar="S",
+        help="largest image-to-pose stamp difference in seconds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-distance",
+        type=_non_negative,
+        default=DEFAULTS["mapper.keyframe_min_distance_m"],
+        metavar="M",
+        help="metres between keyframes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-rotation",
+        type=_non_negative,
+        default=DEFAULTS["mapper.keyframe_min_rotation_deg"],
+        metavar="DEG",
+        help="degrees of turn that also make a keyframe (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--index",
+        choices=INDEX_TYPES,
+        default=DEFAULTS["map.index"],
+        help="FAISS index type (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=DEFAULTS["model.backend"],
+        help="inference backend (default: %(default)s)",
+    )
+    parser.add_argument("--frame-id", help="frame of the map (default: the frame_id of the poses)")
+    parser.add_argument(
+        "--extrinsic",
+        metavar='"X Y Z QX QY QZ QW"',
+        help="base-to-camera transform; keyframe pose = pose o extrinsic (default: identity)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing place map at --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines, only the summary")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    try:
+        print(_build(args))
+    except (InputError, BackendError) as exc:  # BundleError and MapError are InputErrors
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; nothing written to {args.out}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that the final save would refuse, before any work is done."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a directory")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise InputError(f"--out {out}: exists and is not empty; pass --overwrite to replace the map there")
+    if not (out / META_FILE).is_file():
+        raise InputError(
+            f"--out {out}: exists and is not a place map (no {META_FILE}); refusing to replace it"
+        )
+
+
+def _build(args: argparse.Namespace) -> str:
+    """Check every input, read the bag through the builder, save; returns the summary line."""
+    started = time.perf_counter()
+    out = args.out.expanduser()
+    _check_out(out, args.overwrite)
+    bundle = load_bundle(args.model)
+    info = bag_info(args.bag, args.image_topic, args.pose_topic)
+    stream = iter_frames(info.path, info.image_topic, info.pose_topic, args.sync_tolerance, args.extrinsic)
+    frame_id = args.frame_id or info.pose_frame_id
+    if not frame_id:
+        raise InputError(
+            f"bag {args.bag}: poses on {info.pose_topic} have an empty frame_id; pass --frame-id"
+        )
+    place_map = PlaceMap(
+        bundle.descriptor_dim, bundle.content_hash, frame_id, index=args.index, model_summary=bundle.summary()
+    )
+    selector = KeyframeSelector(args.min_distance, args.min_rotation)
+    backend = create_backend(bundle, args.backend, max_batch=EMBED_BATCH)
+    builder = MapBuilder(backend, place_map, selector, batch_size=EMBED_BATCH)
+    _run(builder, stream, info, args.quiet)
+    if len(place_map) == 0:
+        raise InputError(
+            f"bag {args.bag}: no keyframes: none of the {stream.images_read} images on {info.image_topic} "
+            f"had a pose on {info.pose_topic} within {args.sync_tolerance} s (or none could be decoded)"
+        )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        place_map.save(out, overwrite=args.overwrite)
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot write the map ({exc})") from None
+    return _summary_line(builder, stream, out, time.perf_counter() - started)
+
+
+def _run(builder: MapBuilder, stream: FrameStream, info: BagInfo, quiet: bool) -> None:
+    """Offer every frame to the builder, with a progress bar over the image messages."""
+    with (
+        logging_redirect_tqdm(),
+        tqdm(total=info.image_count, unit="img", desc="mapping", disable=quiet, dynamic_ncols=True) as bar,
+    ):
+        keyframes = 0
+        for frame in stream:
+            keyframes += builder.offer(
+                frame.stamp_ns, frame.rgb, frame.position, frame.orientation, frame.source
+            )
+            bar.update(stream.images_read - bar.n)
+            bar.set_postfix(keyframes=keyframes, refresh=False)
+        builder.flush()
+        bar.update(stream.images_read - bar.n)
+
+
+def _summary_line(builder: MapBuilder, stream: FrameStream, out: Path, seconds: float) -> str:
+    s = builder.summary()
+    pairer = stream.pairer
+    skipped = {
+        "without a pose in tolerance": pairer.dropped_no_pose,
+        "dropped waiting for a pose": pairer.dropped_overflow,
+        "undecodable": s["undecodable"],
+        "bad poses": stream.bad_poses,
+    }
+    notes = "".join(f", {n} {what}" for what, n in skipped.items() if n)
+    return (
+        f"map: {s['keyframes']} keyframes over {s['travelled_m']:.1f} m from {s['frames_seen']} of "
+        f"{stream.images_read} frames{notes}, {seconds:.1f} s ({s['frames_per_s']:.0f} frames/s) -> {out}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

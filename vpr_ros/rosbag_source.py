@@ -1,0 +1,292 @@
+"""Camera frames with their poses from a rosbag2 recording (mcap or sqlite3), without a ROS install.
+
+``vpr-build-map`` reads a recording here and hands each frame to the same
+:class:`~vpr_ros.map_builder.MapBuilder` the mapping node uses; the stamp matching is the node's
+:class:`~vpr_ros.pose_sync.ImagePosePairer`, fed in bag order with HEADER stamps (the bag
+timestamp is the receive time, which lags by the transport delay). Images are deserialized but
+not decoded: :meth:`Frame.rgb` decodes on demand, so frames that keyframe selection skips cost no
+JPEG decode.
+
+Messages are read with ``rosbags``; bags that embed their message definitions are read with
+those, others with the ROS 2 Kilted typestore (Image, Odometry and the pose types are identical
+across Humble, Jazzy and Kilted). Every problem with the recording
+is an :class:`~vpr_ros.errors.InputError` naming the bag and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rosbags.highlevel import AnyReader, AnyReaderError
+from rosbags.rosbag2 import ReaderError
+from rosbags.serde import SerdeError
+from rosbags.typesys import Stores, get_typestore
+
+from vpr_ros.errors import InputError
+from vpr_ros.geometry import compose, quat_normalize
+from vpr_ros.image_codec import message_to_rgb
+from vpr_ros.pose_sync import ImagePosePairer, Pair
+
+__all__ = [
+    "IMAGE_TYPES",
+    "POSE_TYPES",
+    "BagInfo",
+    "Frame",
+    "FrameStream",
+    "bag_info",
+    "bag_topics",
+    "choose_topics",
+    "iter_frames",
+    "parse_extrinsic",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+POSE_TYPES = (
+    "nav_msgs/msg/Odometry",
+    "geometry_msgs/msg/PoseStamped",
+    "geometry_msgs/msg/PoseWithCovarianceStamped",
+)
+_READ_ERRORS = (AnyReaderError, ReaderError, SerdeError)
+
+
+@dataclass(frozen=True)
+class BagInfo:
+    """What a build needs to know before reading the frames: topics, image count, pose frame."""
+
+    path: Path
+    image_topic: str
+    image_type: str
+    pose_topic: str
+    pose_type: str
+    image_count: int
+    pose_frame_id: str
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One image paired with its (camera) pose. ``index`` counts the image topic's messages from 0;
+    ``message`` is the deserialized image message, decoded by :meth:`rgb` only when needed."""
+
+    index: int
+    stamp_ns: int
+    position: np.ndarray
+    orientation: np.ndarray
+    pose_stamp_ns: int
+    message: Any
+    source: str
+
+    def rgb(self) -> np.ndarray:
+        """RGB uint8 [H, W, 3]; raises ImageConversionError for an undecodable image."""
+        return message_to_rgb(self.message)
+
+
+def _check_bag_path(path: Path) -> None:
+    if not path.exists():
+        raise InputError(f"bag {path}: does not exist")
+    if not path.is_dir():
+        raise InputError(f"bag {path}: not a rosbag2 directory (pass the directory that holds metadata.yaml)")
+    if not (path / "metadata.yaml").is_file():
+        raise InputError(
+            f"bag {path}: not a rosbag2 directory (no metadata.yaml; if it holds .mcap or .db3 files, "
+            "'ros2 bag reindex' recreates it)"
+        )
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[AnyReader]:
+    """An open reader; every rosbags failure, here or while reading, becomes a one-line InputError."""
+    _check_bag_path(path)
+    try:
+        with AnyReader([path], default_typestore=get_typestore(Stores.ROS2_KILTED)) as reader:
+            yield reader
+    except (*_READ_ERRORS, OSError) as exc:
+        raise InputError(f"bag {path}: cannot read it ({' '.join(str(exc).split())})") from None
+
+
+def bag_topics(path: Path | str) -> dict[str, str]:
+    """``{topic: message type}`` of a rosbag2 directory."""
+    with _open(Path(path)) as reader:
+        return {c.topic: c.msgtype for c in reader.connections}
+
+
+def _listing(topics: dict[str, str]) -> str:
+    return ", ".join(f"{name} ({msgtype})" for name, msgtype in sorted(topics.items())) or "no topics"
+
+
+def _choose(topics: dict[str, str], given: str | None, types: tuple[str, ...], kind: str) -> tuple[str, str]:
+    """The ``given`` topic (checked) or the only topic of one of ``types``."""
+    if given is not None:
+        if topics.get(given) not in types:
+            found = f"is {topics[given]}" if given in topics else "is not in the bag"
+            raise InputError(
+                f"{kind} topic {given} {found}; expected one of {', '.join(types)}. The bag has: "
+                f"{_listing(topics)}"
+            )
+        return given, topics[given]
+    matching = sorted(name for name, msgtype in topics.items() if msgtype in types)
+    if not matching:
+        raise InputError(f"no {kind} topic ({' or '.join(types)}); the bag has: {_listing(topics)}")
+    if len(matching) > 1:
+        raise InputError(
+            f"{len(matching)} {kind} topics ({', '.join(matching)}); choose one with --{kind}-topic. "
+            f"The bag has: {_listing(topics)}"
+        )
+    return matching[0], topics[matching[0]]
+
+
+def choose_topics(
+    topics: dict[str, str], image_topic: str | None = None, pose_topic: str | None = None
+) -> tuple[str, str, str, str]:
+    """``(image_topic, image_type, pose_topic, pose_type)``: the given topics (checked) or the only
+    topic of each kind. Absence or ambiguity is an InputError listing the bag's topics."""
+    image = _choose(topics, image_topic, IMAGE_TYPES, "image")
+    pose = _choose(topics, pose_topic, POSE_TYPES, "pose")
+    return (*image, *pose)
+
+
+def _stamp_ns(msg: Any) -> int:
+    stamp = msg.header.stamp
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def _pose_of(msg: Any, msgtype: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Position and quaternion (x, y, z, w) of an Odometry, PoseStamped or PoseWithCovarianceStamped."""
+    pose = msg.pose if msgtype == "geometry_msgs/msg/PoseStamped" else msg.pose.pose
+    p, q = pose.position, pose.orientation
+    return (p.x, p.y, p.z), (q.x, q.y, q.z, q.w)
+
+
+def bag_info(path: Path | str, image_topic: str | None = None, pose_topic: str | None = None) -> BagInfo:
+    """Topics (see :func:`choose_topics`), the image count and the first pose's frame_id: what a
+    build checks and sets up before reading frames. Reads one pose message, not the images."""
+    path = Path(path)
+    with _open(path) as reader:
+        topics = {c.topic: c.msgtype for c in reader.connections}
+        try:
+            image_topic, image_type, pose_topic, pose_type = choose_topics(topics, image_topic, pose_topic)
+        except InputError as exc:
+            raise InputError(f"bag {path}: {exc}") from None
+        image_count = sum(c.msgcount for c in reader.connections if c.topic == image_topic)
+        poses = [c for c in reader.connections if c.topic == pose_topic]
+        first = next(iter(reader.messages(connections=poses)), None)
+        if first is None or image_count == 0:
+            empty = pose_topic if first is None else image_topic
+            raise InputError(f"bag {path}: topic {empty} has no messages")
+        frame_id = reader.deserialize(first[2], first[0].msgtype).header.frame_id
+    return BagInfo(path, image_topic, image_type, pose_topic, pose_type, image_count, frame_id)
+
+
+def parse_extrinsic(values: str | Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Base-to-camera transform from ``"x y z qx qy qz qw"`` (or 7 numbers): position [3] and unit
+    quaternion [4]."""
+    try:
+        numbers = [
+            float(v) for v in (values.replace(",", " ").split() if isinstance(values, str) else values)
+        ]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) != 7 or not np.isfinite(numbers).all():
+        raise InputError(f"camera extrinsic must be 7 finite numbers 'x y z qx qy qz qw', got {values!r:.80}")
+    try:
+        return np.array(numbers[:3]), quat_normalize(np.array(numbers[3:]))
+    except InputError as exc:
+        raise InputError(f"camera extrinsic {values!r:.80}: {exc}") from None
+
+
+class FrameStream(Iterator[Frame]):
+    """Frames of a bag in bag order (see :func:`iter_frames`), with counters for the summary:
+    ``images_read`` (messages on the image topic so far), ``bad_poses`` (pose messages skipped as
+    non-finite or with a zero quaternion) and the pairer's ``paired`` / ``dropped_*`` counts."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        image_topic: str,
+        pose_topic: str,
+        tolerance_s: float,
+        extrinsic: str | Sequence[float] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.image_topic = image_topic
+        self.pose_topic = pose_topic
+        self.extrinsic = None if extrinsic is None else parse_extrinsic(extrinsic)
+        self.pairer = ImagePosePairer(tolerance_s)
+        self.images_read = 0
+        self.bad_poses = 0
+        self._frames = self._read()
+
+    def __next__(self) -> Frame:
+        return next(self._frames)
+
+    def _read(self) -> Iterator[Frame]:
+        with _open(self.path) as reader:
+            topics = {c.topic: c.msgtype for c in reader.connections}
+            try:
+                choose_topics(topics, self.image_topic, self.pose_topic)
+            except InputError as exc:
+                raise InputError(f"bag {self.path}: {exc}") from None
+            wanted = [c for c in reader.connections if c.topic in (self.image_topic, self.pose_topic)]
+            previous_stamp, pose_index = None, 0
+            for connection, _, raw in reader.messages(connections=wanted):
+                msg = reader.deserialize(raw, connection.msgtype)
+                stamp_ns = _stamp_ns(msg)
+                if connection.topic == self.pose_topic:
+                    pairs = self._add_pose(pose_index, stamp_ns, msg, connection.msgtype)
+                    pose_index += 1
+                else:
+                    self._check_order(previous_stamp, stamp_ns)
+                    previous_stamp = stamp_ns
+                    pairs = self.pairer.add_image(stamp_ns, (self.images_read, msg))
+                    self.images_read += 1
+                yield from map(self._frame, pairs)
+            yield from map(self._frame, self.pairer.flush())
+
+    def _add_pose(self, index: int, stamp_ns: int, msg: Any, msgtype: str) -> list[Pair]:
+        """Pairs the pose settles; a broken pose (NaN before a filter initialises) is skipped."""
+        try:
+            return self.pairer.add_pose(stamp_ns, *_pose_of(msg, msgtype))
+        except InputError as exc:
+            self.bad_poses += 1
+            log.warning("bag %s: %s message %d skipped: %s", self.path, self.pose_topic, index, exc)
+            return []
+
+    def _check_order(self, previous_stamp: int | None, stamp_ns: int) -> None:
+        """Image header stamps must increase: a repeated or earlier stamp means the recording's
+        clock or order is broken, and pairing (and a later evaluation) would be silently wrong."""
+        if previous_stamp is not None and stamp_ns <= previous_stamp:
+            how = "repeats" if stamp_ns == previous_stamp else "goes back from"
+            raise InputError(
+                f"bag {self.path}: header stamps on {self.image_topic} are not increasing: message "
+                f"{self.images_read} has stamp {stamp_ns} ns, which {how} {previous_stamp} ns of message "
+                f"{self.images_read - 1}; re-record the bag, or reindex it in stamp order"
+            )
+
+    def _frame(self, pair: Pair) -> Frame:
+        index, msg = pair.payload
+        position, orientation = pair.position, pair.orientation
+        if self.extrinsic is not None:
+            position, orientation = compose(position, orientation, *self.extrinsic)
+        source = f"{self.path.name}:{self.image_topic}#{index}"
+        return Frame(index, pair.stamp_ns, position, orientation, pair.pose_stamp_ns, msg, source)
+
+
+def iter_frames(
+    path: Path | str,
+    image_topic: str,
+    pose_topic: str,
+    tolerance_s: float,
+    extrinsic: str | Sequence[float] | None = None,
+) -> FrameStream:
+    """Frames of ``image_topic`` paired with ``pose_topic`` (HEADER stamps, within ``tolerance_s``),
+    in bag order. With ``extrinsic`` (base-to-camera ``x y z qx qy qz qw``) a frame's pose is the
+    camera's: pose o extrinsic. Image stamps that repeat or go back raise InputError when reached;
+    images without a pose are counted by ``stream.pairer`` and skipped."""
+    return FrameStream(path, image_topic, pose_topic, tolerance_s, extrinsic)
