@@ -1,0 +1,86 @@
+"""Localize against a place map with the vpr_localizer lifecycle node.
+
+    ros2 launch vpr_ros localize.launch.py model:=/path/bundle map:=/path/map image_topic:=/camera/image_raw
+
+The node autostarts (``autostart: true`` in the params file); set it false to drive the lifecycle
+from a manager. Launch arguments override the params file (they are applied after it), in the style
+of nav2_bringup's localization_launch.py. Outputs: ``<namespace>/vpr_localizer/pose``,
+``.../matches``, ``.../markers``, ``.../map_markers``, ``.../keyframes`` and ``/diagnostics``.
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+BACKENDS = ["auto", "tensorrt", "onnxruntime", "torch"]
+
+
+def generate_launch_description() -> LaunchDescription:
+    arg = LaunchConfiguration
+    arguments = [
+        DeclareLaunchArgument("model", description="model bundle directory (model.onnx + model.json)"),
+        DeclareLaunchArgument("map", description="place map directory built with the same model"),
+        DeclareLaunchArgument("image_topic", default_value="/camera/image_raw", description="camera topic"),
+        DeclareLaunchArgument(
+            "compressed",
+            default_value="false",
+            choices=["true", "false"],
+            description="subscribe to <image_topic>/compressed instead of the raw topic",
+        ),
+        DeclareLaunchArgument(
+            "backend", default_value="auto", choices=BACKENDS, description="inference backend"
+        ),
+        DeclareLaunchArgument(
+            "precision",
+            default_value="fp16",
+            choices=["fp32", "fp16", "int8"],
+            description="TensorRT precision",
+        ),
+        DeclareLaunchArgument(
+            "params_file",
+            default_value=PathJoinSubstitution([FindPackageShare("vpr_ros"), "config", "localizer.yaml"]),
+            description="parameters YAML (defaults: share/vpr_ros/config/localizer.yaml)",
+        ),
+        DeclareLaunchArgument("namespace", default_value="vpr", description="namespace of the node"),
+        DeclareLaunchArgument(
+            "use_sim_time",
+            default_value="false",
+            choices=["true", "false"],
+            description="use /clock (bag replay)",
+        ),
+        DeclareLaunchArgument("log_level", default_value="info", description="debug | info | warn | error"),
+        DeclareLaunchArgument(
+            "respawn",
+            default_value="false",
+            choices=["true", "false"],
+            description="restart the node if it dies",
+        ),
+    ]
+    transport = PythonExpression(["'compressed' if '", arg("compressed"), "' == 'true' else 'raw'"])
+    localizer = Node(
+        package="vpr_ros",
+        executable="vpr_localizer",
+        name="vpr_localizer",
+        namespace=arg("namespace"),
+        output="screen",
+        parameters=[
+            arg("params_file"),
+            {
+                "model.bundle_dir": arg("model"),
+                "map.dir": arg("map"),
+                "model.backend": arg("backend"),
+                "model.precision": arg("precision"),
+                "input.transport": transport,
+                "use_sim_time": arg("use_sim_time"),
+            },
+        ],
+        remappings=[("image", arg("image_topic"))],
+        arguments=["--ros-args", "--log-level", arg("log_level")],
+        respawn=arg("respawn"),
+        respawn_delay=2.0,
+    )
+    return LaunchDescription(
+        [SetEnvironmentVariable("RCUTILS_LOGGING_BUFFERED_STREAM", "1"), *arguments, localizer]
+    )

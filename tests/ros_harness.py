@@ -1,0 +1,107 @@
+"""A test-side ROS 2 participant: publishes camera frames and poses, collects the nodes' outputs.
+
+Runs in the test process with its own rclpy context, so the nodes under test are separate
+processes talking real DDS (tests/conftest.py isolates the domain).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+class RosHarness:
+    """``with RosHarness() as ros:`` -- publishers and recording subscriptions on demand."""
+
+    def __init__(self, name: str = "vpr_test_harness") -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = Context()
+        rclpy.init(args=None, context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.received: dict[str, list[tuple[float, Any]]] = defaultdict(list)
+        self.publishers: dict[str, Any] = {}
+
+    def __enter__(self) -> RosHarness:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+    def record(self, msg_type: type, topic: str, qos: Any = 50) -> list[tuple[float, Any]]:
+        """Keep every message of ``topic`` with its arrival time (time.monotonic)."""
+        self.node.create_subscription(
+            msg_type, topic, lambda m, t=topic: self.received[t].append((time.monotonic(), m)), qos
+        )
+        return self.received[topic]
+
+    def publisher(self, msg_type: type, topic: str, qos: Any = 10) -> Any:
+        if topic not in self.publishers:
+            self.publishers[topic] = self.node.create_publisher(msg_type, topic, qos)
+        return self.publishers[topic]
+
+    def spin_until(self, done: Callable[[], bool], timeout_s: float, process: Any = None) -> bool:
+        """Spin until ``done()``; False on timeout or when ``process`` exited."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if done():
+                return True
+            if process is not None and process.poll() is not None:
+                return done()
+            self.executor.spin_once(timeout_sec=0.02)
+        return done()
+
+    def wait_for_subscribers(self, topic: str, count: int = 1, timeout_s: float = 30.0) -> bool:
+        pub = self.publishers[topic]
+        return self.spin_until(lambda: pub.get_subscription_count() >= count, timeout_s)
+
+    def call(self, srv_type: type, name: str, request: Any, timeout_s: float = 30.0) -> Any:
+        client = self.node.create_client(srv_type, name)
+        assert client.wait_for_service(timeout_sec=timeout_s), f"service {name} did not appear"
+        future = client.call_async(request)
+        self.spin_until(future.done, timeout_s)
+        assert future.done(), f"service {name} did not answer within {timeout_s} s"
+        return future.result()
+
+
+def header(stamp_ns: int, frame_id: str) -> Any:
+    from builtin_interfaces.msg import Time
+    from std_msgs.msg import Header
+
+    return Header(
+        stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000), frame_id=frame_id
+    )
+
+
+def image_msg(rgb: np.ndarray, stamp_ns: int, encoding: str = "rgb8") -> Any:
+    from sensor_msgs.msg import Image
+
+    from vpr_ros.image_codec import rgb_to_image_fields, to_image_msg
+
+    return to_image_msg(rgb_to_image_fields(rgb, encoding), Image, header(stamp_ns, "camera"))
+
+
+def odometry_msg(position: np.ndarray, orientation: np.ndarray, stamp_ns: int, frame_id: str = "map") -> Any:
+    from nav_msgs.msg import Odometry
+
+    msg = Odometry(header=header(stamp_ns, frame_id), child_frame_id="base_link")
+    p, q = msg.pose.pose.position, msg.pose.pose.orientation
+    p.x, p.y, p.z = (float(v) for v in position)
+    q.x, q.y, q.z, q.w = (float(v) for v in orientation)
+    return msg
+
+
+def stamp_of(msg: Any) -> int:
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)

@@ -1,0 +1,423 @@
+"""The mapping and localization nodes as separate processes over real DDS.
+
+A small synthetic town is generated with three bags: the mapped route by day, the same route at
+dusk (another condition, other lane) and a day detour that leaves the route. The tests publish
+their frames like a camera driver would and check what a robot relies on: the saved map matches
+the odometry, dusk frames are localized to the right place, off-route frames are refused, outputs
+carry the input stamps, and bad input never stops the node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import requires_rclpy
+from ros_harness import RosHarness, image_msg, odometry_msg, stamp_of
+
+pytestmark = requires_rclpy
+
+EVAL_RADIUS_M = 25.0  # MSLS' evaluation threshold, the project's default
+OFF_ROUTE_M = 40.0  # a detour frame this far from every keyframe shows a place the map never saw
+NODE_START_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def town(tmp_path_factory) -> Path:
+    from training.synth.generate import generate
+    from training.synth.presets import Drive, TraverseSpec, get_preset
+
+    small = get_preset("small")
+
+    def drive(spacing: float, offset: float) -> Drive:
+        return Drive(spacing_m=spacing, lateral_offset_m=offset, heading_jitter_deg=2.0, speed_mps=8.0)
+
+    preset = dataclasses.replace(
+        small,
+        name="nodes",
+        routes={**small.routes, "detour": [(1, 1), (2, 1), (2, 2), (2, 3)]},
+        traverses=(
+            TraverseSpec("day", "database", "main", drive(1.0, 1.5)),
+            TraverseSpec("dusk", "query", "main", drive(4.0, 0.5)),
+            TraverseSpec("day", "query", "detour", drive(4.0, 1.0)),
+        ),
+    )
+    out = tmp_path_factory.mktemp("town") / "world"
+    generate(out, preset, seed=3, formats=("bag",), progress=False)
+    return out / "bags"
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Path:
+    """The shipped default model (GCL-trained, PCA-whitened): its model.json suggests the threshold."""
+    from vpr_ros.bundle import default_model_dir
+
+    return default_model_dir()
+
+
+@pytest.fixture(scope="module")
+def day_map(tmp_path_factory, town, bundle) -> Path:
+    from vpr_ros.build_map import main as build_map
+
+    out = tmp_path_factory.mktemp("nodes_map") / "map"
+    argv = [
+        "--bag",
+        str(town / "t00_day"),
+        "--model",
+        str(bundle),
+        "--out",
+        str(out),
+        "--min-distance",
+        "2.0",
+    ]
+    assert build_map([*argv, "--backend", "onnxruntime", "--quiet"]) == 0
+    return out
+
+
+def frames(bag: Path) -> list:
+    from vpr_ros.rosbag_source import bag_topics, choose_topics, iter_frames
+
+    image_topic, _, pose_topic, _ = choose_topics(bag_topics(bag))
+    return list(iter_frames(bag, image_topic, pose_topic, 0.05))
+
+
+def node_args(module: str, *params: str, remaps: tuple[str, ...] = ("image:=/cam/image",)) -> list[str]:
+    args = ["-m", module, "--ros-args", "-r", "__ns:=/vpr"]
+    for remap in remaps:
+        args += ["-r", remap]
+    for param in ("model.backend:=onnxruntime", *params):
+        args += ["-p", param]
+    return args
+
+
+def output_of(process) -> str:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        return process.communicate(timeout=20)[0]
+    except Exception:
+        process.kill()
+        return process.communicate()[0]
+
+
+def localize(ros: RosHarness, proc, sequence: list, timeout_s: float = 20.0) -> dict[int, object]:
+    """Publish each frame after the previous one was answered (flow control); stamp -> match table."""
+    from sensor_msgs.msg import Image
+
+    from vpr_ros.match_table import read_table
+
+    pub = ros.publisher(Image, "/cam/image")
+    matches = ros.received["/vpr/vpr_localizer/matches"]
+    assert ros.wait_for_subscribers("/cam/image"), output_of(proc)
+    answers: dict[int, object] = {}
+    for frame in sequence:
+        before, msg, deadline = (
+            len(matches),
+            image_msg(frame.rgb(), frame.stamp_ns),
+            time.monotonic() + timeout_s,
+        )
+        pub.publish(msg)
+        while not ros.spin_until(lambda n=before: len(matches) > n, 1.0, proc):
+            # Best effort: the first frames can go out before the node's side of discovery is done.
+            assert time.monotonic() < deadline and proc.poll() is None, output_of(proc)
+            pub.publish(msg)
+        msg = matches[-1][1]
+        answers[stamp_of(msg)] = read_table(msg)
+    return answers
+
+
+def test_localizer_finds_dusk_places_refuses_off_route_and_keeps_stamps(
+    ros_process, town, bundle, day_map
+) -> None:
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from sensor_msgs.msg import PointCloud2
+
+    from vpr_ros.place_map import PlaceMap
+
+    place_map = PlaceMap.load(day_map)
+    proc = ros_process(
+        node_args(
+            "vpr_ros.nodes.localizer",
+            f"model.bundle_dir:={bundle}",
+            f"map.dir:={day_map}",
+        )
+    )
+    with RosHarness() as ros:
+        ros.record(PointCloud2, "/vpr/vpr_localizer/matches")
+        poses = ros.record(PoseWithCovarianceStamped, "/vpr/vpr_localizer/pose")
+        dusk = frames(town / "t01_dusk")
+        answers = localize(ros, proc, dusk)
+        detour = frames(town / "t02_day_detour")
+        off_answers = localize(ros, proc, detour)
+        ros.spin_until(lambda: len(poses) >= sum(int(t["accepted"][0]) for t in answers.values()), 5.0)
+
+    assert sorted(answers) == sorted(f.stamp_ns for f in dusk), "every frame answered with its own stamp"
+    truth = {f.stamp_ns: f.position for f in dusk}
+    accepted = {s: t for s, t in answers.items() if len(t) and t["accepted"][0]}
+    assert len(accepted) >= 0.8 * len(dusk)
+    pose_by_stamp = {stamp_of(m): m for _, m in poses if stamp_of(m) in truth}
+    assert set(pose_by_stamp) == set(accepted), "a pose for each accepted frame, none for refusals"
+    errors = []
+    for stamp, msg in pose_by_stamp.items():
+        p = msg.pose.pose.position
+        errors.append(np.hypot(p.x - truth[stamp][0], p.y - truth[stamp][1]))
+        assert msg.header.frame_id == place_map.frame_id
+        cov = np.asarray(msg.pose.covariance).reshape(6, 6)
+        assert cov[0, 0] >= 0.25 and cov[1, 1] >= 0.25  # floor of 0.5 m std
+    assert np.mean(np.asarray(errors) <= EVAL_RADIUS_M) >= 0.9, f"errors {np.round(errors, 1)}"
+
+    off_route = [
+        f.stamp_ns
+        for f in detour
+        if np.min(np.linalg.norm(place_map.positions[:, :2] - f.position[:2], axis=1)) > OFF_ROUTE_M
+    ]
+    assert len(off_route) >= 5
+    refused = [s for s in off_route if not (len(off_answers[s]) and off_answers[s]["accepted"][0])]
+    off_poses = {stamp_of(m) for _, m in poses} - set(truth)
+    assert off_poses.isdisjoint(refused), "no pose is published for a refused frame"
+    assert len(refused) >= 0.8 * len(off_route), (
+        f"{len(refused)} of {len(off_route)} off-route frames refused"
+    )
+
+
+def test_mapper_saves_a_map_that_matches_the_odometry(ros_process, town, bundle, tmp_path) -> None:
+    from nav_msgs.msg import Odometry
+    from nav_msgs.msg import Path as PathMsg
+    from sensor_msgs.msg import Image
+
+    from vpr_ros.keyframes import KeyframeSelector
+    from vpr_ros.place_map import PlaceMap
+
+    out = tmp_path / "map"
+    proc = ros_process(
+        node_args(
+            "vpr_ros.nodes.mapper",
+            f"model.bundle_dir:={bundle}",
+            f"map.dir:={out}",
+            "mapper.keyframe_min_distance_m:=5.0",
+            remaps=("image:=/cam/image", "odom:=/cam/odom"),
+        )
+    )
+    day = frames(town / "t00_day")[::2]
+    with RosHarness() as ros:
+        image_pub = ros.publisher(Image, "/cam/image")
+        odom_pub = ros.publisher(Odometry, "/cam/odom", 50)
+        path = ros.record(PathMsg, "/vpr/vpr_mapper/keyframes", qos=_latched())
+        assert ros.wait_for_subscribers("/cam/image") and ros.wait_for_subscribers("/cam/odom"), output_of(
+            proc
+        )
+        for i, frame in enumerate(day):
+            odom, image = (
+                odometry_msg(frame.position, frame.orientation, frame.stamp_ns),
+                image_msg(frame.rgb(), frame.stamp_ns),
+            )
+            while True:  # the first frame again until it is the first keyframe: discovery may drop it
+                odom_pub.publish(odom)
+                image_pub.publish(image)
+                if i > 0 or ros.spin_until(lambda: bool(path), 1.0, proc):
+                    break
+            ros.spin_until(lambda: False, 0.05)
+        selector = KeyframeSelector(5.0, 15.0)
+        expected = [f for f in day if selector.accept(f.position, f.orientation)]
+        ros.spin_until(lambda: path and len(path[-1][1].poses) >= len(expected), 20.0, proc)
+    os.kill(proc.pid, signal.SIGTERM)  # saves on shutdown
+    log = output_of(proc)
+    assert proc.returncode == 0, log
+    saved = PlaceMap.load(out)
+    assert len(saved) == len(expected), log
+    np.testing.assert_allclose(saved.positions, [f.position for f in expected], atol=1e-6)
+    np.testing.assert_array_equal(saved.stamps_ns, [f.stamp_ns for f in expected])
+    assert saved.frame_id == "map"
+
+
+def _latched():
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(
+        depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+    )
+
+
+def test_bad_frames_are_logged_and_the_node_keeps_serving(ros_process, town, bundle, day_map) -> None:
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+    from sensor_msgs.msg import Image, PointCloud2
+
+    proc = ros_process(
+        node_args("vpr_ros.nodes.localizer", f"model.bundle_dir:={bundle}", f"map.dir:={day_map}")
+    )
+    good = frames(town / "t01_dusk")[3]
+    with RosHarness() as ros:
+        matches = ros.record(PointCloud2, "/vpr/vpr_localizer/matches")
+        pub = ros.publisher(Image, "/cam/image")
+        assert ros.wait_for_subscribers("/cam/image"), output_of(proc)
+        bad = [image_msg(good.rgb(), 1, "rgb8") for _ in range(3)]
+        bad[0].encoding = "yuv9000"
+        bad[1].data = bad[1].data[:100]
+        bad[2].height = 0
+        for msg in bad:
+            pub.publish(msg)
+            ros.spin_until(lambda: False, 0.3)
+        pub.publish(image_msg(good.rgb(), good.stamp_ns))
+        assert ros.spin_until(lambda: any(stamp_of(m) == good.stamp_ns for _, m in matches), 20.0, proc)
+        assert all(stamp_of(m) == good.stamp_ns for _, m in matches), "bad frames produce no answer"
+
+        def set_param(name: str, value: int):
+            request = SetParameters.Request(
+                parameters=[
+                    Parameter(
+                        name=name,
+                        value=ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value),
+                    )
+                ]
+            )
+            return ros.call(SetParameters, "/vpr/vpr_localizer/set_parameters", request).results[0]
+
+        refused = set_param("search.top_k", 500)
+        assert not refused.successful and "top_k" in refused.reason
+        assert set_param("search.top_k", 3).successful
+        count = len(matches)
+        pub.publish(image_msg(good.rgb(), good.stamp_ns + 1))
+        assert ros.spin_until(lambda: len(matches) > count, 20.0, proc)
+        assert matches[-1][1].width == 3, "top_k changed at run time"
+        diagnostics = ros.record(DiagnosticArray, "/diagnostics")
+        assert ros.spin_until(lambda: bool(diagnostics), 5.0, proc)
+        assert diagnostics_values(diagnostics[-1][1])["frames invalid"] == "3"
+    log = output_of(proc)
+    assert "frame dropped: sensor_msgs/Image: unknown encoding 'yuv9000'" in log, log  # then throttled
+
+
+@pytest.mark.parametrize(
+    ("problem", "expected"),
+    [
+        ("missing_model", "model bundle"),
+        ("other_model", "was built with model"),
+        ("bad_range", "search.top_k"),
+        ("no_map", "parameter map.dir is required"),
+    ],
+)
+def test_the_node_refuses_to_start_with_one_line(
+    ros_process, tmp_path, bundle, day_map, problem, expected
+) -> None:
+    import json
+    import shutil
+
+    from vpr_ros.bundle import content_hash
+
+    params = {"model.bundle_dir": str(bundle), "map.dir": str(day_map)}
+    if problem == "missing_model":
+        params["model.bundle_dir"] = str(tmp_path / "nowhere")
+    elif problem == "other_model":  # same network, other content hash (e.g. re-exported at another size)
+        other = Path(shutil.copytree(bundle, tmp_path / "other"))
+        meta = json.loads((other / "model.json").read_text())
+        meta["output"]["note"] = "another model"
+        meta["content_hash"] = content_hash(
+            meta["files"]["model.onnx"]["sha256"], meta["input"], meta["output"]
+        )
+        (other / "model.json").write_text(json.dumps(meta))
+        params["model.bundle_dir"] = str(other)
+    elif problem == "no_map":
+        params["map.dir"] = "''"  # an empty string on the command line
+    extra = ["search.top_k:=0"] if problem == "bad_range" else []
+    proc = ros_process(
+        node_args("vpr_ros.nodes.localizer", *(f"{k}:={v}" for k, v in params.items()), *extra)
+    )
+    proc.wait(timeout=NODE_START_S)
+    log = proc.communicate()[0]
+    assert proc.returncode == 1, log
+    assert expected in log and "Traceback" not in log, log
+
+
+def test_config_files_are_the_declared_defaults() -> None:
+    from vpr_ros.nodes.params import LOCALIZER, MAPPER, defaults_yaml
+
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "config" / "localizer.yaml").read_text() == defaults_yaml("vpr_localizer", LOCALIZER)
+    assert (root / "config" / "mapper.yaml").read_text() == defaults_yaml("vpr_mapper", MAPPER)
+
+
+@pytest.fixture(scope="module")
+def slow_setup(tmp_path_factory, town) -> tuple[Path, Path]:
+    """A bundle at 720x960 (slower than a 30 Hz camera on 2 cores) and its map."""
+    from training.export import Source, export_bundle, procedural_images
+    from training.models import ModelConfig, build_model
+    from vpr_ros.build_map import main as build_map
+
+    model, _ = build_model(ModelConfig(backbone="mobilenet_v2", weights="imagenet"))
+    source = Source(
+        model, (720, 960), {"backbone": "mobilenet_v2", "pooling": "gem"}, {"source": "tests"}, {}
+    )
+    tmp = tmp_path_factory.mktemp("slow")
+    export_bundle(source, tmp / "bundle", procedural_images(3, size=(120, 160)), "procedural")
+    argv = ["--bag", str(town / "t00_day"), "--model", str(tmp / "bundle"), "--out", str(tmp / "map")]
+    assert build_map([*argv, "--min-distance", "20", "--backend", "onnxruntime", "--quiet"]) == 0
+    return tmp / "bundle", tmp / "map"
+
+
+def seconds_per_frame(bundle_dir: Path, image: np.ndarray) -> float:
+    from vpr_ros.backends import create_backend
+    from vpr_ros.bundle import load_bundle
+
+    backend = create_backend(load_bundle(bundle_dir), "onnxruntime")
+    times = []
+    for _ in range(6):
+        start = time.perf_counter()
+        backend.embed([image])
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[1:]))
+
+
+def diagnostics_values(msg) -> dict[str, str]:
+    return {kv.key: kv.value for status in msg.status for kv in status.values}
+
+
+def test_stays_current_when_the_camera_is_faster_than_the_backend(ros_process, town, slow_setup) -> None:
+    """A camera three times faster than the backend (at least 30 Hz): the node answers the newest
+    frame, counts the drops, and its latency does not grow (no backlog)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import Image, PointCloud2
+
+    bundle_dir, map_dir = slow_setup
+    proc = ros_process(
+        node_args("vpr_ros.nodes.localizer", f"model.bundle_dir:={bundle_dir}", f"map.dir:={map_dir}")
+    )
+    images = [f.rgb() for f in frames(town / "t01_dusk")[:10]]
+    per_frame = seconds_per_frame(bundle_dir, images[0])
+    period = min(1.0 / 30.0, per_frame / 3.0)  # this machine's speed drifts: measure, then outrun it
+    with RosHarness() as ros:
+        matches = ros.record(PointCloud2, "/vpr/vpr_localizer/matches")
+        diagnostics = ros.record(DiagnosticArray, "/diagnostics")
+        pub = ros.publisher(Image, "/cam/image")
+        assert ros.wait_for_subscribers("/cam/image"), output_of(proc)
+        sent: dict[int, float] = {}
+        start = time.monotonic()
+        for i in range(240):
+            stamp = 1_000_000_000 + i * 33_333_333
+            ros.spin_until(lambda i=i: time.monotonic() >= start + i * period, 1.0)
+            sent[stamp] = time.monotonic()
+            pub.publish(image_msg(images[i % len(images)], stamp))
+        ros.spin_until(lambda: False, 2.0)
+        last_diag = len(diagnostics)
+        ros.spin_until(lambda: len(diagnostics) > last_diag, 5.0)
+    latencies = np.array([t - sent[stamp_of(m)] for t, m in matches])
+    values = diagnostics_values(diagnostics[-1][1])
+    processed, dropped = int(values["frames processed"]), int(values["frames dropped (newer frame arrived)"])
+    received = int(values["frames received"])
+    assert len(matches) == processed and processed < 0.8 * received, "slower than the camera, as intended"
+    assert dropped > 0 and abs(received - processed - dropped) <= 1
+    assert received >= 200, "best-effort depth 1 over localhost loses few frames before the node"
+    # Bounded by about two frame times (the one being embedded plus the newest waiting), not by the
+    # number of frames sent; a queue would make the last answers seconds late.
+    bound = 4 * per_frame + 0.2
+    assert np.percentile(latencies, 99) < bound, (
+        f"latency p99 {np.percentile(latencies, 99):.3f} s > {bound:.3f}"
+    )
+    early, late = np.median(latencies[:10]), np.median(latencies[-10:])
+    assert late < early + 2 * per_frame + 0.1, f"latency grew from {early:.3f} to {late:.3f} s: frames queue"
+    assert values["frames invalid"] == "0"

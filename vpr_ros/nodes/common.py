@@ -1,0 +1,211 @@
+"""What the mapping and localization nodes share: QoS, image input, diagnostics, life cycle, main().
+
+Both nodes are ``rclpy.lifecycle`` nodes: ``configure`` loads the model (and the map), ``activate``
+subscribes, ``deactivate`` unsubscribes, ``cleanup`` releases. With ``autostart`` (default) a node
+walks to active by itself, so it works without a lifecycle manager; a configure failure then ends
+the process with one line naming the reason (a robot's launch file shows it, nothing hangs).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+
+from vpr_ros.errors import InputError
+from vpr_ros.nodes import params as P
+
+# REP-2003: consumers subscribe to cameras with sensor-data QoS. Depth 1, not rclpy's 5: a slow
+# backend must process the newest frame, never a backlog (ROS_NOTES §0.4).
+CAMERA_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=ReliabilityPolicy.BEST_EFFORT,
+    durability=DurabilityPolicy.VOLATILE,
+)
+# Map-like data (keyframe path, map markers): reliable + transient-local, so late RViz gets it.
+LATCHED_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+RESULT_QOS = 10  # reliable, keep last 10
+
+
+class LatencyWindow:
+    """The last ``size`` samples, for percentiles in diagnostics."""
+
+    def __init__(self, size: int = 300) -> None:
+        self.samples: deque[float] = deque(maxlen=size)
+
+    def add(self, seconds: float) -> None:
+        self.samples.append(seconds)
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.samples, q) * 1e3) if self.samples else float("nan")
+
+
+def stamp_ns(header: Any) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+class VprNode(LifecycleNode):
+    """Parameters, image subscription, stale-input warning and diagnostics for both nodes.
+
+    Subclasses implement ``load`` (configure), ``on_image`` (activated input), ``status`` (the
+    diagnostics level, message and values) and may override ``release``.
+    """
+
+    PARAMS: tuple[P.Param, ...] = ()
+    IMAGE_QOS = CAMERA_QOS
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        P.declare(self, self.PARAMS)
+        self.config: dict[str, P.Value] = {}
+        self._image_sub = None
+        self._last_image = time.monotonic()
+        self._stale_timer = None
+        self._diag_timer = None
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.received = 0
+        self.configure_error = ""
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        self.config = P.snapshot(self, self.PARAMS)
+        problems = [r for r in (p.check(self.config[p.name]) for p in self.PARAMS) if r]
+        try:
+            if problems:
+                raise InputError("; ".join(problems))
+            self.load()
+        except (InputError, RuntimeError) as exc:  # BundleError, MapError, BackendError included
+            self.configure_error = str(exc)
+            self.get_logger().error(f"cannot configure: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self._diag_timer = self.create_timer(
+            float(self.config["diagnostics.period_s"]), self._publish_diagnostics
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        self._subscribe_images()
+        self._last_image = time.monotonic()
+        self._stale_timer = self.create_timer(float(self.config["input.stale_warn_s"]), self._check_stale)
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        for attr in ("_image_sub", "_stale_timer"):
+            handle = getattr(self, attr)
+            if handle is not None:
+                (self.destroy_subscription if attr == "_image_sub" else self.destroy_timer)(handle)
+                setattr(self, attr, None)
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        self.release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Drop the model and map (cleanup)."""
+
+    def on_image(self, msg: Image | CompressedImage) -> None:
+        raise NotImplementedError
+
+    def status(self) -> tuple[bytes, str, dict[str, Any]]:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- input
+
+    def _subscribe_images(self) -> None:
+        compressed = self.config["input.transport"] == "compressed"
+        # A remap of 'image' does not rename 'image/compressed' (remaps match whole names), so the
+        # compressed topic is derived from the resolved image topic, as image_transport does.
+        topic = self.resolve_topic_name("image") + ("/compressed" if compressed else "")
+        self.image_topic = topic
+        self._image_sub = self.create_subscription(
+            CompressedImage if compressed else Image, topic, self._receive, self.IMAGE_QOS
+        )
+        self.get_logger().info(f"listening to {topic} (best effort, depth {self.IMAGE_QOS.depth})")
+
+    def _receive(self, msg: Image | CompressedImage) -> None:
+        self.received += 1
+        self._last_image = time.monotonic()
+        self.on_image(msg)
+
+    def _check_stale(self) -> None:
+        idle = time.monotonic() - self._last_image
+        if idle >= float(self.config["input.stale_warn_s"]):
+            self.get_logger().warning(
+                f"no image on {self.image_topic} for {idle:.0f} s (subscribed best effort, "
+                f"depth {self.IMAGE_QOS.depth}; "
+                "check the topic name, remaps and the publisher's QoS)"
+            )
+
+    # ---------------------------------------------------------------- diagnostics
+
+    def _publish_diagnostics(self) -> None:
+        level, message, values = self.status()
+        status = DiagnosticStatus(
+            level=level,
+            name=f"{self.get_name()}: {self.DIAGNOSTIC_TASK}",
+            message=message,
+            hardware_id=values.pop("backend", ""),
+            values=[KeyValue(key=k, value=_fmt(v)) for k, v in values.items()],
+        )
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(array)
+
+    DIAGNOSTIC_TASK = "status"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def run(make_node: Callable[[], VprNode], args: list[str] | None, on_exit: Callable[[VprNode], None]) -> int:
+    """Start a node, autostart it if asked, spin until SIGINT/SIGTERM, then ``on_exit`` (e.g. save)."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    rclpy.init(args=args if args is not None else sys.argv)
+    try:
+        node = make_node()
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        rclpy.shutdown()
+        return 1
+    try:
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                print(f"{node.get_name()}: {node.configure_error}", file=sys.stderr)
+                return 1
+            node.trigger_activate()
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        on_exit(node)
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0

@@ -1,0 +1,315 @@
+"""``vpr_localizer``: which mapped place is this camera frame, and where is the robot.
+
+Per frame: decode (any common encoding, raw or compressed) -> embed with the model bundle ->
+search the place map's top-k -> pose from the matches (top-1 or kNN Gaussian voting) -> publish,
+stamped with the image's stamp in the map frame:
+
+- ``~/pose`` (geometry_msgs/PoseWithCovarianceStamped): only for accepted frames;
+- ``~/matches`` (sensor_msgs/PointCloud2 match table, ``vpr_ros.match_table``): every processed
+  frame, refusals included (``accepted = 0``), so "unknown place" is explicit;
+- ``~/markers`` (current match), ``~/map_markers`` and ``~/keyframes`` (latched map layers), and
+  ``/diagnostics``.
+
+The image callback only stores the newest frame in a one-slot mailbox; a worker thread takes it.
+A backend slower than the camera therefore always works on the newest frame and the overwritten
+ones are counted as dropped, never queued (depth-1 QoS does the same inside DDS).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import faiss
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticStatus
+from geometry_msgs.msg import PoseWithCovarianceStamped
+from nav_msgs.msg import Path
+from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import Header
+from std_srvs.srv import SetBool, Trigger
+from visualization_msgs.msg import MarkerArray
+
+from vpr_ros import match_table
+from vpr_ros.backends import create_backend
+from vpr_ros.bundle import load_bundle
+from vpr_ros.errors import InputError
+from vpr_ros.image_codec import ImageConversionError, message_to_rgb
+from vpr_ros.nodes import messages
+from vpr_ros.nodes import params as P
+from vpr_ros.nodes.common import LATCHED_QOS, RESULT_QOS, LatencyWindow, VprNode, run, stamp_ns
+from vpr_ros.place_map import PlaceMap
+from vpr_ros.pose_estimate import estimate_pose
+
+DEFAULT_THRESHOLD = 0.5
+
+
+class Mailbox:
+    """Holds the newest frame; putting over an untaken one counts a drop."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: Any = None
+        self.dropped = 0
+        self.closed = False
+
+    def put(self, item: Any) -> None:
+        with self._cond:
+            if self._item is not None:
+                self.dropped += 1
+            self._item = (item, time.monotonic())
+            self._cond.notify()
+
+    def take(self, timeout: float = 0.5) -> Any:
+        with self._cond:
+            if self._item is None:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+class Localizer(VprNode):
+    PARAMS = P.LOCALIZER
+    DIAGNOSTIC_TASK = "localization"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("vpr_localizer", **kwargs)
+        self.backend = None
+        self.map: PlaceMap | None = None
+        self.enabled = True
+        self.mailbox = Mailbox()
+        self.worker: threading.Thread | None = None
+        self.counts = {"processed": 0, "accepted": 0, "invalid": 0, "throttled": 0, "paused": 0}
+        self.latency = LatencyWindow()
+        self.backend_latency = LatencyWindow()
+        self.last_similarity = float("nan")
+        self.last_accept = time.monotonic()
+        self._last_processed = 0.0
+        self._map_lock = threading.Lock()
+        self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", RESULT_QOS)
+        self.match_pub = self.create_publisher(PointCloud2, "~/matches", RESULT_QOS)
+        self.marker_pub = self.create_publisher(MarkerArray, "~/markers", RESULT_QOS)
+        self.map_marker_pub = self.create_publisher(MarkerArray, "~/map_markers", LATCHED_QOS)
+        self.path_pub = self.create_publisher(Path, "~/keyframes", LATCHED_QOS)
+        self.create_service(Trigger, "~/reload_map", self._reload_map)
+        self.create_service(SetBool, "~/set_enabled", self._set_enabled)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+
+    # ---------------------------------------------------------------- configure / activate
+
+    def load(self) -> None:
+        cfg = self.config
+        for name in ("model.bundle_dir", "map.dir"):
+            if not cfg[name]:
+                raise InputError(f"parameter {name} is required")
+        bundle = load_bundle(str(cfg["model.bundle_dir"]))
+        self.bundle = bundle
+        self.backend = create_backend(
+            bundle,
+            str(cfg["model.backend"]),
+            str(cfg["model.precision"]),
+            int(cfg["model.device_id"]),
+            engine_cache_dir=str(cfg["model.engine_cache_dir"]) or None,
+            build_engine_if_missing=bool(cfg["model.build_engine_if_missing"]),
+        )
+        self.map = self._read_map()
+        faiss.omp_set_num_threads(1)  # one query at a time: FAISS's spinning threads only add latency
+        self.get_logger().info(
+            f"model {bundle.summary()} on {self.backend.describe()}; map {cfg['map.dir']}: {len(self.map)} "
+            f"keyframes in frame '{self.map.frame_id}'; similarity threshold {self.threshold():.3f}"
+        )
+        self._publish_map_layers()
+
+    def _read_map(self) -> PlaceMap:
+        place_map = PlaceMap.load(
+            str(self.config["map.dir"]),
+            expected_model_hash=self.bundle.content_hash,
+            expected_dim=self.bundle.descriptor_dim,
+        )
+        if len(place_map) == 0:
+            raise InputError(f"map {self.config['map.dir']} has no keyframes")
+        wanted = self.config["frames.map"]
+        if wanted and wanted != place_map.frame_id:
+            raise InputError(
+                f"map {self.config['map.dir']} is in frame '{place_map.frame_id}' "
+                f"but frames.map is '{wanted}'"
+            )
+        return place_map
+
+    def on_activate(self, state):
+        self.mailbox = Mailbox()
+        self.worker = threading.Thread(target=self._work, name="vpr_localizer_worker", daemon=True)
+        self.worker.start()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state):
+        result = super().on_deactivate(state)
+        self.mailbox.close()
+        if self.worker is not None:
+            self.worker.join(timeout=10.0)
+            self.worker = None
+        return result
+
+    def release(self) -> None:
+        self.backend = None
+        self.map = None
+
+    def threshold(self) -> float:
+        value = float(self.config["search.similarity_threshold"])
+        if value > 0.0:
+            return value
+        suggested = self.bundle.similarity_threshold
+        return DEFAULT_THRESHOLD if suggested is None else suggested
+
+    def _apply_parameters(self, changes) -> None:
+        for change in changes:
+            if change.name in self.config:
+                self.config[change.name] = change.value
+
+    # ---------------------------------------------------------------- frames
+
+    def on_image(self, msg) -> None:
+        if not self.enabled:
+            self.counts["paused"] += 1
+            return
+        self.mailbox.put(msg)
+
+    def _work(self) -> None:
+        mailbox = self.mailbox
+        while not mailbox.closed:
+            item = mailbox.take()
+            if item is None:
+                continue
+            msg, received = item
+            max_rate = float(self.config["input.max_rate_hz"])
+            if max_rate > 0 and received - self._last_processed < 1.0 / max_rate:
+                self.counts["throttled"] += 1
+                continue
+            self._last_processed = received
+            try:
+                self._process(msg, received)
+            except ImageConversionError as exc:
+                self.counts["invalid"] += 1
+                self.get_logger().warning(f"frame dropped: {exc}", throttle_duration_sec=5.0)
+            except Exception as exc:  # the node must keep serving; say what happened
+                self.counts["invalid"] += 1
+                self.get_logger().error(
+                    f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0
+                )
+
+    def _process(self, msg, received: float) -> None:
+        rgb = message_to_rgb(msg)
+        t0 = time.monotonic()
+        descriptor = self.backend.embed([rgb])
+        self.backend_latency.add(time.monotonic() - t0)
+        with self._map_lock:
+            place_map = self.map
+        k = int(self.config["search.top_k"])
+        sims, ids = place_map.search(descriptor, k)
+        estimate = estimate_pose(
+            sims[0],
+            ids[0],
+            place_map,
+            method=str(self.config["estimate.method"]),
+            sigma_m=float(self.config["estimate.sigma_m"]),
+            similarity_threshold=self.threshold(),
+            min_position_std_m=float(self.config["estimate.min_position_std_m"]),
+        )
+        safe = np.clip(ids[0], 0, None)  # -1 = fewer keyframes than k; table_rows leaves those out
+        rows = match_table.table_rows(
+            ids[0], sims[0], place_map.positions[safe], place_map.orientations[safe], estimate.accepted
+        )
+        header = Header(stamp=msg.header.stamp, frame_id=place_map.frame_id)
+        if estimate.accepted:
+            self.pose_pub.publish(messages.pose_with_covariance(header, estimate))
+        self.match_pub.publish(messages.match_cloud(header, rows))
+        if self.config["output.publish_markers"]:
+            self.marker_pub.publish(messages.match_markers(header, estimate, rows))
+        self.latency.add(time.monotonic() - received)
+        self.counts["processed"] += 1
+        self.last_similarity = float(estimate.similarity)
+        if estimate.accepted:
+            self.counts["accepted"] += 1
+            self.last_accept = time.monotonic()
+        self.get_logger().debug(
+            f"frame {stamp_ns(msg.header)}: keyframe {estimate.keyframe_id} sim {estimate.similarity:.3f} "
+            f"{'accepted' if estimate.accepted else 'unknown place'}"
+        )
+
+    # ---------------------------------------------------------------- services
+
+    def _reload_map(self, request, response):
+        if self.backend is None:
+            response.success, response.message = False, "not configured"
+            return response
+        try:
+            fresh = self._read_map()
+        except InputError as exc:
+            response.success, response.message = False, f"kept the current map: {exc}"
+            self.get_logger().error(response.message)
+            return response
+        with self._map_lock:
+            self.map = fresh
+        self._publish_map_layers()
+        response.success, response.message = True, f"{len(fresh)} keyframes from {self.config['map.dir']}"
+        return response
+
+    def _set_enabled(self, request, response):
+        self.enabled = bool(request.data)
+        response.success, response.message = True, "enabled" if self.enabled else "paused"
+        return response
+
+    # ---------------------------------------------------------------- outputs
+
+    def _publish_map_layers(self) -> None:
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.map.frame_id)
+        self.path_pub.publish(messages.keyframe_path(header, self.map.positions, self.map.orientations))
+        if self.config["output.publish_markers"]:
+            self.map_marker_pub.publish(messages.map_markers(header, self.map.positions))
+
+    def status(self) -> tuple[bytes, str, dict[str, Any]]:
+        if self.map is None:
+            return DiagnosticStatus.ERROR, "not configured", {}
+        unknown_for = time.monotonic() - self.last_accept
+        if not self.enabled:
+            level, message = DiagnosticStatus.OK, "paused"
+        elif time.monotonic() - self._last_image >= float(self.config["input.stale_warn_s"]):
+            level, message = DiagnosticStatus.WARN, "input stale"
+        elif unknown_for > 5.0:
+            level, message = DiagnosticStatus.WARN, f"unknown place for {unknown_for:.0f} s"
+        else:
+            level, message = DiagnosticStatus.OK, "localized"
+        processed = max(self.counts["processed"], 1)
+        return (
+            level,
+            message,
+            {
+                "backend": self.backend.describe(),
+                "frames received": self.received,
+                "frames processed": self.counts["processed"],
+                "frames dropped (newer frame arrived)": self.mailbox.dropped,
+                "frames throttled": self.counts["throttled"],
+                "frames invalid": self.counts["invalid"],
+                "latency p50 ms": self.latency.percentile_ms(50),
+                "latency p99 ms": self.latency.percentile_ms(99),
+                "backend latency p50 ms": self.backend_latency.percentile_ms(50),
+                "last similarity": self.last_similarity,
+                "accepted ratio": self.counts["accepted"] / processed,
+                "map keyframes": len(self.map),
+                "model": self.bundle.content_hash[:19],
+            },
+        )
+
+
+def main(args: list[str] | None = None) -> int:
+    return run(Localizer, args, on_exit=lambda node: None)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,225 @@
+"""``vpr_mapper``: drive the route once, get a place map.
+
+Subscribes to ``image`` (raw, or ``<image>/compressed``) and to ``odom`` (nav_msgs/Odometry) or
+``pose`` (geometry_msgs/PoseStamped), pairs them by stamp (``vpr_ros.pose_sync``), keeps a
+keyframe every ``mapper.keyframe_min_distance_m`` or ``mapper.keyframe_min_rotation_deg``, embeds
+it and adds it to the map (``vpr_ros.map_builder``: the same code path as ``vpr-build-map``).
+Publishes the keyframe trajectory on ``~/keyframes`` (nav_msgs/Path, latched) for RViz. The map is
+saved atomically on ``~/save_map`` (std_srvs/Trigger) and on shutdown (SIGINT/SIGTERM): a crash
+mid-save leaves the previous map whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path as FsPath
+from typing import Any
+
+from diagnostic_msgs.msg import DiagnosticStatus
+from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Odometry, Path
+from rclpy.qos import QoSProfile
+from std_msgs.msg import Header
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import MarkerArray
+
+from vpr_ros.backends import create_backend
+from vpr_ros.bundle import load_bundle
+from vpr_ros.errors import InputError
+from vpr_ros.geometry import compose
+from vpr_ros.image_codec import message_to_rgb
+from vpr_ros.keyframes import KeyframeSelector
+from vpr_ros.map_builder import MapBuilder
+from vpr_ros.nodes import messages
+from vpr_ros.nodes import params as P
+from vpr_ros.nodes.common import CAMERA_QOS, LATCHED_QOS, VprNode, run, stamp_ns
+from vpr_ros.place_map import PlaceMap
+from vpr_ros.pose_sync import ImagePosePairer
+
+POSE_DEPTH = 50  # poses are small and come faster than images: keep enough to pair every frame
+# Mapping embeds only keyframes, so it keeps up on average; a short queue rides out the stall of
+# one embedding instead of losing the frame that should have been the next keyframe.
+IMAGE_DEPTH = 10
+
+
+class Mapper(VprNode):
+    PARAMS = P.MAPPER
+    IMAGE_QOS = QoSProfile(depth=IMAGE_DEPTH, reliability=CAMERA_QOS.reliability, history=CAMERA_QOS.history)
+    DIAGNOSTIC_TASK = "mapping"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("vpr_mapper", **kwargs)
+        self.builder: MapBuilder | None = None
+        self.backend = None
+        self.pairer: ImagePosePairer | None = None
+        self.frame_id = ""
+        self.saved_to = ""
+        self._pose_sub = None
+        self.path_pub = self.create_publisher(Path, "~/keyframes", LATCHED_QOS)
+        self.marker_pub = self.create_publisher(MarkerArray, "~/markers", LATCHED_QOS)
+        self.create_service(Trigger, "~/save_map", self._save_service)
+        self.create_service(Trigger, "~/reset", self._reset_service)
+
+    # ---------------------------------------------------------------- configure / activate
+
+    def load(self) -> None:
+        cfg = self.config
+        for name in ("model.bundle_dir", "map.dir"):
+            if not cfg[name]:
+                raise InputError(f"parameter {name} is required")
+        out = FsPath(str(cfg["map.dir"])).expanduser()
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg["map.overwrite"]:
+            raise InputError(f"map.dir {out} exists and is not empty; set map.overwrite to replace it")
+        self.bundle = load_bundle(str(cfg["model.bundle_dir"]))
+        self.backend = create_backend(
+            self.bundle,
+            str(cfg["model.backend"]),
+            str(cfg["model.precision"]),
+            int(cfg["model.device_id"]),
+            engine_cache_dir=str(cfg["model.engine_cache_dir"]) or None,
+            build_engine_if_missing=bool(cfg["model.build_engine_if_missing"]),
+        )
+        extrinsic = [float(v) for v in cfg["frames.camera_extrinsic"]]
+        self.extrinsic = (extrinsic[:3], extrinsic[3:])
+        compose([0, 0, 0], [0, 0, 0, 1], *self.extrinsic)  # rejects a zero quaternion now, not per frame
+        self.pairer = ImagePosePairer(float(cfg["mapper.sync_tolerance_s"]))
+        self.builder = None
+        self.get_logger().info(f"model {self.bundle.summary()} on {self.backend.describe()}; map -> {out}")
+
+    def on_activate(self, state):
+        odometry = self.config["input.pose_type"] == "odometry"
+        topic = self.resolve_topic_name("odom" if odometry else "pose")
+        self._pose_sub = self.create_subscription(
+            Odometry if odometry else PoseStamped, topic, self._receive_pose, _pose_qos()
+        )
+        self.get_logger().info(f"poses from {topic} ({'nav_msgs/Odometry' if odometry else 'PoseStamped'})")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state):
+        if self._pose_sub is not None:
+            self.destroy_subscription(self._pose_sub)
+            self._pose_sub = None
+        return super().on_deactivate(state)
+
+    def release(self) -> None:
+        self.backend = None
+        self.builder = None
+
+    # ---------------------------------------------------------------- input
+
+    def _receive_pose(self, msg: Odometry | PoseStamped) -> None:
+        pose = msg.pose.pose if isinstance(msg, Odometry) else msg.pose
+        if not self.frame_id:
+            self.frame_id = str(self.config["frames.map"]) or msg.header.frame_id or "map"
+        p, q = pose.position, pose.orientation
+        self._handle(self.pairer.add_pose(stamp_ns(msg.header), [p.x, p.y, p.z], [q.x, q.y, q.z, q.w]))
+
+    def on_image(self, msg) -> None:
+        self._handle(self.pairer.add_image(stamp_ns(msg.header), msg))
+
+    def _handle(self, pairs) -> None:
+        for pair in pairs:
+            position, orientation = compose(pair.position, pair.orientation, *self.extrinsic)
+            added = self._builder().offer(  # an undecodable keyframe is logged and counted there
+                pair.stamp_ns,
+                lambda msg=pair.payload: message_to_rgb(msg),
+                position,
+                orientation,
+                f"{self.image_topic}@{pair.stamp_ns}",
+            )
+            if added:
+                self._publish_keyframes()
+
+    def _builder(self) -> MapBuilder:
+        if self.builder is None:  # the map frame is known once the first pose arrived
+            place_map = PlaceMap(
+                self.bundle.descriptor_dim,
+                self.bundle.content_hash,
+                frame_id=self.frame_id or "map",
+                index=str(self.config["map.index"]),
+                model_summary=self.bundle.summary(),
+            )
+            selector = KeyframeSelector(
+                float(self.config["mapper.keyframe_min_distance_m"]),
+                float(self.config["mapper.keyframe_min_rotation_deg"]),
+            )
+            self.builder = MapBuilder(self.backend, place_map, selector, batch_size=1)
+        return self.builder
+
+    # ---------------------------------------------------------------- outputs and services
+
+    def _publish_keyframes(self) -> None:
+        place_map = self.builder.place_map
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=place_map.frame_id)
+        self.path_pub.publish(messages.keyframe_path(header, place_map.positions, place_map.orientations))
+        if self.config["output.publish_markers"]:
+            self.marker_pub.publish(messages.map_markers(header, place_map.positions))
+
+    def save(self) -> str:
+        """Save the map atomically; returns a one-line summary (raises InputError on failure)."""
+        if self.builder is None or len(self.builder.place_map) == 0:
+            raise InputError("no keyframes yet: nothing to save")
+        self.builder.flush()
+        out = FsPath(str(self.config["map.dir"])).expanduser()
+        self.builder.place_map.save(out, overwrite=True)  # configure checked that map.dir may be written
+        self.saved_to = str(out)
+        summary = self.builder.summary()
+        return f"saved {summary['keyframes']} keyframes ({summary['travelled_m']:.1f} m) to {out}"
+
+    def _save_service(self, request, response):
+        try:
+            response.message = self.save()
+            response.success = True
+        except (InputError, OSError) as exc:
+            response.success, response.message = False, f"map not saved: {exc}"
+        self.get_logger().info(response.message)
+        return response
+
+    def _reset_service(self, request, response):
+        self.builder = None
+        response.success, response.message = True, "in-memory keyframes cleared (nothing deleted on disk)"
+        return response
+
+    def status(self) -> tuple[bytes, str, dict[str, Any]]:
+        if self.backend is None:
+            return DiagnosticStatus.ERROR, "not configured", {}
+        summary = (
+            self.builder.summary()
+            if self.builder is not None
+            else {"keyframes": 0, "travelled_m": 0.0, "undecodable": 0}
+        )
+        return (
+            DiagnosticStatus.OK,
+            "mapping",
+            {
+                "backend": self.backend.describe(),
+                "frames received": self.received,
+                "frames paired": self.pairer.paired,
+                "frames without pose": self.pairer.dropped_no_pose,
+                "frames undecodable": summary["undecodable"],
+                "keyframes": summary["keyframes"],
+                "travelled m": float(summary["travelled_m"]),
+                "saved to": self.saved_to,
+            },
+        )
+
+
+def _pose_qos() -> QoSProfile:
+    """Best effort matches reliable and best-effort publishers alike; deeper than the camera's."""
+    return QoSProfile(depth=POSE_DEPTH, reliability=CAMERA_QOS.reliability, history=CAMERA_QOS.history)
+
+
+def _save_on_exit(node: Mapper) -> None:
+    if node.builder is None or len(node.builder.place_map) == 0:
+        return
+    try:
+        print(node.save(), flush=True)
+    except (InputError, OSError) as exc:
+        print(f"vpr_mapper: map not saved: {exc}", flush=True)
+
+
+def main(args: list[str] | None = None) -> int:
+    return run(Mapper, args, on_exit=_save_on_exit)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

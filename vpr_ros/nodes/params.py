@@ -1,0 +1,226 @@
+"""The nodes' parameters, declared once: descriptors, validation, defaults YAML and README table.
+
+Each node's parameters are a tuple of :class:`Param`; the same table declares them on the node
+(with ``ParameterDescriptor`` ranges and a description), validates every change (a
+pre-set callback rejects bad values with a reason), writes ``config/<node>.yaml`` (a test checks
+the shipped files equal it) and prints the README table (``python -m vpr_ros.nodes.params``).
+This is the idea of generate_parameter_library without the dependency (``ROS_NOTES.md`` §3.2).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+from vpr_ros.backends import BACKENDS, PRECISIONS
+from vpr_ros.errors import InputError
+
+Value = bool | int | float | str | list
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter; ``dynamic`` ones may change while the node runs (``ros2 param set``)."""
+
+    name: str
+    default: Value
+    description: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+    dynamic: bool = False
+
+    def check(self, value: Any) -> str | None:
+        """Why ``value`` is not acceptable, or None."""
+        if isinstance(self.default, bool) != isinstance(value, bool):
+            return f"{self.name} must be a bool"
+        if isinstance(self.default, float) and isinstance(value, int):
+            value = float(value)
+        if type(value) is not type(self.default):
+            return f"{self.name} must be of type {type(self.default).__name__}, got {type(value).__name__}"
+        if self.choices is not None and value not in self.choices:
+            return f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}"
+        if self.low is not None and value < self.low:
+            return f"{self.name} must be >= {self.low}, got {value}"
+        if self.high is not None and value > self.high:
+            return f"{self.name} must be <= {self.high}, got {value}"
+        if isinstance(self.default, list) and len(value) != len(self.default):
+            return f"{self.name} must have {len(self.default)} numbers, got {len(value)}"
+        return None
+
+
+def _model_params() -> tuple[Param, ...]:
+    return (
+        Param("model.bundle_dir", "", "model bundle directory (model.onnx + model.json); required"),
+        Param("model.backend", "auto", "inference backend; auto = TensorRT > ORT CUDA > ORT CPU > PyTorch",
+              choices=BACKENDS),
+        Param("model.precision", "fp16", "TensorRT / PyTorch-CUDA precision (ONNX Runtime runs fp32)",
+              choices=PRECISIONS),
+        Param("model.device_id", 0, "CUDA device index", 0, 64),
+        Param("model.engine_cache_dir", "", "TensorRT engine cache ('' = <bundle>/engines)"),
+        Param("model.build_engine_if_missing", True,
+              "build the TensorRT engine at configure when none is cached"),
+    )  # fmt: skip
+
+
+def _common_tail() -> tuple[Param, ...]:
+    return (
+        Param("input.transport", "raw", "subscribe to 'image' (raw) or '<image>/compressed'",
+              choices=("raw", "compressed")),
+        Param("input.stale_warn_s", 5.0, "warn when no image arrived for this long (s)", 0.1, 3600.0),
+        Param("output.publish_markers", True, "publish RViz markers on ~/markers"),
+        Param("diagnostics.period_s", 1.0, "period of /diagnostics messages (s)", 0.1, 60.0),
+        Param("autostart", True, "configure and activate at start (no lifecycle manager needed)"),
+    )  # fmt: skip
+
+
+LOCALIZER: tuple[Param, ...] = (
+    *_model_params(),
+    Param("map.dir", "", "place map directory to localize against; required"),
+    Param("frames.map", "", "expected map frame ('' = the map's own frame_id)"),
+    Param("input.max_rate_hz", 0.0, "process at most this many frames per second (0 = every frame)",
+          0.0, 1000.0, dynamic=True),
+    Param("search.top_k", 5, "candidates retrieved per frame", 1, 100, dynamic=True),
+    Param("search.similarity_threshold", 0.0,
+          "cosine below which a frame is an unknown place; 0 = model.json's value (0.5 if none)",
+          0.0, 1.0, dynamic=True),
+    Param("estimate.method", "knn_gaussian", "pose from the top-1 keyframe or kNN Gaussian voting",
+          choices=("top1", "knn_gaussian"), dynamic=True),
+    Param("estimate.sigma_m", 5.0, "kNN Gaussian kernel width (m)", 0.01, 1000.0, dynamic=True),
+    Param("estimate.min_position_std_m", 0.5, "floor of the published position std (m)", 0.0, 100.0,
+          dynamic=True),
+    *_common_tail(),
+)  # fmt: skip
+
+MAPPER: tuple[Param, ...] = (
+    *_model_params(),
+    Param("map.dir", "", "where the map is saved; required"),
+    Param("map.overwrite", False, "replace an existing map at map.dir (otherwise refuse to start)"),
+    Param("map.index", "flat", "FAISS index: exact flat, or HNSW / IVF-PQ for very large maps",
+          choices=("flat", "hnsw", "ivfpq")),
+    Param("frames.map", "", "map frame ('' = the pose messages' frame_id)"),
+    Param("frames.camera_extrinsic", [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+          "base->camera pose x y z qx qy qz qw (keyframe = pose * extrinsic)"),
+    Param("input.pose_type", "odometry", "pose topic type: 'odom' (nav_msgs/Odometry) or 'pose' "
+          "(geometry_msgs/PoseStamped)", choices=("odometry", "pose_stamped")),
+    Param("mapper.sync_tolerance_s", 0.05, "max |image stamp - pose stamp| for a pair (s)", 0.0001, 10.0),
+    Param("mapper.keyframe_min_distance_m", 1.0, "new keyframe after this distance (m)", 0.0, 1000.0),
+    Param("mapper.keyframe_min_rotation_deg", 15.0, "or after this rotation (deg)", 0.0, 180.0),
+    *_common_tail(),
+)  # fmt: skip
+
+NODES = {"vpr_localizer": LOCALIZER, "vpr_mapper": MAPPER}
+
+
+def declare(node: Any, params: tuple[Param, ...]) -> None:
+    """Declare ``params`` on an rclpy node with descriptors, and reject invalid changes."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+    from rclpy.exceptions import ParameterException
+
+    by_name = {p.name: p for p in params}
+    for p in params:
+        descriptor = ParameterDescriptor(description=p.description, read_only=not p.dynamic)
+        if p.choices:
+            descriptor.additional_constraints = "one of: " + ", ".join(p.choices)
+        if p.low is not None and isinstance(p.default, float):
+            descriptor.floating_point_range = [
+                FloatingPointRange(from_value=p.low, to_value=p.high, step=0.0)
+            ]
+        elif p.low is not None and isinstance(p.default, int):
+            descriptor.integer_range = [IntegerRange(from_value=int(p.low), to_value=int(p.high), step=1)]
+        try:
+            node.declare_parameter(p.name, p.default, descriptor)
+        except ParameterException as exc:  # a params file or -p value of the wrong type or range
+            raise InputError(f"parameter {p.name}: {' '.join(str(exc).split())}") from None
+
+    def pre_set(changes):
+        for change in changes:
+            spec = by_name.get(change.name)
+            reason = None if spec is None else spec.check(change.value)
+            if reason is not None:
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    node.add_on_set_parameters_callback(pre_set)
+
+
+def snapshot(node: Any, params: tuple[Param, ...]) -> dict[str, Value]:
+    """Current values, with numeric arrays as plain lists."""
+    values = {}
+    for p in params:
+        value = node.get_parameter(p.name).value
+        values[p.name] = list(value) if isinstance(p.default, list) else value
+    return values
+
+
+def defaults_yaml(node_name: str, params: tuple[Param, ...]) -> str:
+    """``config/<node>.yaml``: every parameter with its default, nested by the dotted names."""
+    lines = [
+        f"# Parameters of {node_name}, with their defaults. Generated by `python -m vpr_ros.nodes.params",
+        f"# --yaml {node_name}`; descriptions in the README and `ros2 param describe`.",
+        "/**:  # every node started with this file (a namespace does not stop the match)",
+        "  ros__parameters:",
+    ]
+    tree: dict = {}  # nested groups in order of first appearance; leaves are Params
+    for p in params:
+        *groups, leaf = p.name.split(".")
+        node = tree
+        for group in groups:
+            node = node.setdefault(group, {})
+        node[leaf] = p
+    lines += _yaml_lines(tree, depth=2)
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_lines(tree: dict, depth: int) -> list[str]:
+    lines = []
+    for key, item in tree.items():
+        if isinstance(item, Param):
+            lines.append("  " * depth + f"{key}: {_yaml_value(item.default)}  # {item.description}")
+        else:
+            lines += ["  " * depth + f"{key}:", *_yaml_lines(item, depth + 1)]
+    return lines
+
+
+def _yaml_value(value: Value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def markdown_table(params: tuple[Param, ...]) -> str:
+    rows = ["| Parameter | Default | Range / choices | Runtime | Description |", "|---|---|---|---|---|"]
+    for p in params:
+        if p.choices:
+            allowed = " \\| ".join(p.choices)
+        elif p.low is not None:
+            allowed = f"{p.low:g} .. {p.high:g}"
+        else:
+            allowed = ""
+        rows.append(
+            f"| `{p.name}` | `{_yaml_value(p.default)}` | {allowed} | "
+            f"{'yes' if p.dynamic else ''} | {p.description} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="print a node's parameter table or defaults YAML")
+    parser.add_argument("node", choices=sorted(NODES))
+    parser.add_argument("--yaml", action="store_true", help="the defaults YAML instead of the README table")
+    args = parser.parse_args(argv)
+    params = NODES[args.node]
+    print(
+        defaults_yaml(args.node, params) if args.yaml else markdown_table(params),
+        end="\n" if not args.yaml else "",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
