@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vpr_ros.errors import BundleError
+from vpr_ros.fileio import require
 
 SCHEMA = "vpr_ros.model_bundle/1"
 ONNX_FILE = "model.onnx"
@@ -110,17 +111,12 @@ class ModelBundle:
         )
 
 
-def _require(mapping: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if not isinstance(mapping, dict) or key not in mapping:
-        raise BundleError(f"{where}: missing key {key!r}")
-    value = mapping[key]
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise BundleError(f"{where}: {key!r} has the wrong type ({type(value).__name__})")
-    return value
+def _field(mapping: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    return require(mapping, key, kind, where, BundleError)
 
 
 def _positive(mapping: dict, key: str, where: str) -> int:
-    value = _require(mapping, key, int, where)
+    value = _field(mapping, key, int, where)
     if value < 1:
         raise BundleError(f"{where}: {key!r} must be >= 1, got {value}")
     return value
@@ -155,13 +151,13 @@ def load_bundle(directory: Path | str, verify: bool = True) -> ModelBundle:
     directory = Path(directory).expanduser()
     meta = read_meta(directory)
     where = f"model bundle {directory}: {META_FILE}"
-    files = _require(meta, "files", dict, where)
+    files = _field(meta, "files", dict, where)
     if ONNX_FILE not in files:
         raise BundleError(f"{where}: 'files' does not list {ONNX_FILE}")
     for name, entry in files.items():
         if "/" in name or name.startswith("."):
             raise BundleError(f"{where}: file name {name!r} is not a plain file name")
-        recorded = _require(entry, "sha256", str, f"{where} files.{name}")
+        recorded = _field(entry, "sha256", str, f"{where} files.{name}")
         path = directory / name
         if not path.is_file():
             raise BundleError(f"model bundle {directory}: {name} is missing")
@@ -169,13 +165,13 @@ def load_bundle(directory: Path | str, verify: bool = True) -> ModelBundle:
             raise BundleError(
                 f"model bundle {directory}: {name} is corrupt (sha256 differs from {META_FILE}); re-export it"
             )
-    inp = _require(meta, "input", dict, where)
+    inp = _field(meta, "input", dict, where)
     spec = InputSpec(
-        name=_require(inp, "name", str, f"{where} input"),
+        name=_field(inp, "name", str, f"{where} input"),
         height=_positive(inp, "height", f"{where} input"),
         width=_positive(inp, "width", f"{where} input"),
-        resize=_require(inp, "resize", str, f"{where} input"),
-        interpolation=_require(inp, "interpolation", str, f"{where} input"),
+        resize=_field(inp, "resize", str, f"{where} input"),
+        interpolation=_field(inp, "interpolation", str, f"{where} input"),
     )
     if spec.resize not in RESIZE_POLICIES:
         raise BundleError(f"{where}: input resize {spec.resize!r} is unknown ({', '.join(RESIZE_POLICIES)})")
@@ -183,9 +179,9 @@ def load_bundle(directory: Path | str, verify: bool = True) -> ModelBundle:
         raise BundleError(
             f"{where}: input interpolation {spec.interpolation!r} is unknown ({', '.join(INTERPOLATIONS)})"
         )
-    out = _require(meta, "output", dict, where)
+    out = _field(meta, "output", dict, where)
     onnx_sha = files[ONNX_FILE]["sha256"]
-    recorded_hash = _require(meta, "content_hash", str, where)
+    recorded_hash = _field(meta, "content_hash", str, where)
     expected_hash = content_hash(onnx_sha, inp, out)
     if recorded_hash != expected_hash:
         raise BundleError(f"{where}: content_hash does not match the ONNX file and input/output contract")
@@ -193,7 +189,7 @@ def load_bundle(directory: Path | str, verify: bool = True) -> ModelBundle:
         path=directory,
         meta=meta,
         input=spec,
-        output_name=_require(out, "name", str, f"{where} output"),
+        output_name=_field(out, "name", str, f"{where} output"),
         descriptor_dim=_positive(out, "dim", f"{where} output"),
         content_hash=recorded_hash,
         onnx_sha256=onnx_sha,

@@ -62,6 +62,7 @@ import numpy as np
 
 from vpr_ros.bundle import sha256_file
 from vpr_ros.errors import InputError
+from vpr_ros.fileio import fsync_dir, require
 from vpr_ros.geometry import quat_normalize
 
 SCHEMA = "vpr_ros.place_map/1"
@@ -88,6 +89,10 @@ _SOURCE_UNSAFE = re.compile(r"[,\x00-\x1f\x7f]")
 
 class MapError(InputError):
     """A place map directory is missing, incomplete, corrupt, of another schema or another model."""
+
+
+def _field(mapping: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    return require(mapping, key, kind, f"{where}: {META_FILE}", MapError)
 
 
 class _Rows:
@@ -287,7 +292,7 @@ class PlaceMap:
         staging.mkdir()
         try:
             self._write(staging)
-            _fsync(staging)
+            fsync_dir(staging)
             _install(staging, directory)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -326,8 +331,8 @@ class PlaceMap:
         meta = _read_meta(directory)
         place_map = _from_meta(meta, where)
         _check_model(place_map, directory, expected_model_hash, expected_dim)
-        files = _require(meta, "files", dict, where)
-        n = _require(meta, "keyframes", int, where)
+        files = _field(meta, "files", dict, where)
+        n = _field(meta, "keyframes", int, where)
         _check_listing(directory, files)
         stamps, positions, orientations, sources = _parse_csv(
             _verified_bytes(directory, KEYFRAMES_FILE, files), n, where
@@ -488,14 +493,6 @@ def _seal(path: Path) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
-def _fsync(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sibling(directory: Path, kind: str) -> Path:
     """A hidden sibling on the same filesystem (so renames are atomic), named for the sweep."""
     return directory.with_name(f".{directory.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
@@ -538,7 +535,7 @@ def _install(staging: Path, directory: Path) -> None:
             os.rename(aside, directory)
             raise
         os.rename(aside, staging)
-    _fsync(directory.parent)
+    fsync_dir(directory.parent)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -585,15 +582,6 @@ def _alive(pid: int) -> bool:
 # ---------------------------------------------------------------------- reading
 
 
-def _require(mapping: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if not isinstance(mapping, dict) or key not in mapping:
-        raise MapError(f"{where}: {META_FILE} lacks {key!r}")
-    value = mapping[key]
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise MapError(f"{where}: {META_FILE} {key!r} has the wrong type ({type(value).__name__})")
-    return value
-
-
 def _read_meta(directory: Path) -> dict[str, Any]:
     where = f"place map {directory}"
     if not directory.is_dir():
@@ -626,13 +614,13 @@ def _interrupted_save_hint(directory: Path) -> str:
 
 
 def _from_meta(meta: dict[str, Any], where: str) -> PlaceMap:
-    model = _require(meta, "model", dict, where)
-    index = dict(_require(meta, "index", dict, where))
+    model = _field(meta, "model", dict, where)
+    index = dict(_field(meta, "index", dict, where))
     try:
         return PlaceMap(
-            descriptor_dim=_require(meta, "descriptor_dim", int, where),
-            model_hash=_require(model, "content_hash", str, where),
-            frame_id=_require(meta, "frame_id", str, where),
+            descriptor_dim=_field(meta, "descriptor_dim", int, where),
+            model_hash=_field(model, "content_hash", str, where),
+            frame_id=_field(meta, "frame_id", str, where),
             index=index.pop("type", None),
             index_params=index,
             model_summary=model.get("summary", ""),

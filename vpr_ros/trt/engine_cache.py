@@ -37,6 +37,7 @@ from typing import Any, TextIO
 
 from vpr_ros.bundle import ModelBundle, sha256_file
 from vpr_ros.errors import BackendError, InputError
+from vpr_ros.fileio import fsync_dir
 
 SIDECAR_SCHEMA = "vpr_ros.trt_engine/1"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -295,7 +296,7 @@ def store(cache_dir: Path, key: EngineKey, engine_bytes: bytes, settings: Mappin
     }
     atomic_write(engine, engine_bytes)
     atomic_write(sidecar_path(engine), (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
-    _fsync_dir(cache_dir)
+    fsync_dir(cache_dir)
     log.info("stored TensorRT engine %s", engine)
     return engine
 
@@ -314,14 +315,6 @@ def atomic_write(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256_bytes(data: bytes) -> str:
