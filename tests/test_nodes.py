@@ -225,7 +225,8 @@ def test_mapper_saves_a_map_that_matches_the_odometry(ros_process, town, bundle,
         selector = KeyframeSelector(5.0, 15.0)
         expected = [f for f in day if selector.accept(f.position, f.orientation)]
         ros.spin_until(lambda: path and len(path[-1][1].poses) >= len(expected), 20.0, proc)
-    os.kill(proc.pid, signal.SIGTERM)  # saves on shutdown
+    os.kill(proc.pid, signal.SIGTERM)  # saves on shutdown; a second signal would interrupt the save
+    proc.wait(timeout=60)
     log = output_of(proc)
     assert proc.returncode == 0, log
     saved = PlaceMap.load(out)
