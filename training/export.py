@@ -69,10 +69,6 @@ class Source:
 # ----------------------------------------------------------------------------- sources
 
 
-def _sha256(path: Path) -> str:
-    return sha256_file(path)
-
-
 def _dataset_paths(cfg, section: str) -> list[Path]:
     """Database images of the recipe's data.train or data.val, when they exist on this machine."""
     src = getattr(cfg.data, section, None)
@@ -98,7 +94,7 @@ def from_checkpoint(path: Path) -> Source:
         training={
             "source": "vpr_ros training checkpoint",
             "checkpoint": path.name,
-            "checkpoint_sha256": _sha256(path),
+            "checkpoint_sha256": sha256_file(path),
             "step": int(state.get("step", 0)),
             "loss": cfg.loss.name,
             "train_data": _describe_source(cfg.data.train),
@@ -156,7 +152,7 @@ def from_gcl(path: Path, backbone: str | None, pooling: str | None) -> Source:
         training={
             "source": "official GCL release (marialeyvallina/generalized_contrastive_loss)",
             "checkpoint": path.name,
-            "checkpoint_sha256": _sha256(path),
+            "checkpoint_sha256": sha256_file(path),
             "step": int(checkpoint["step"]) if isinstance(checkpoint.get("step"), int) else None,
             "loss": "gcl"
             if path.stem.endswith("_GCL")
@@ -390,7 +386,7 @@ def export_bundle(
         }
         output_spec = {"name": OUTPUT_NAME, "dim": model.output_dim, "normalized": "l2", "dtype": "float32"}
         files = {
-            name: {"sha256": _sha256(staging / name), "bytes": (staging / name).stat().st_size}
+            name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
             for name in files_written
         }
         meta = {
