@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 import pytest
 
+from vpr_ros import fileio
 from vpr_ros import place_map as pm
 from vpr_ros.bundle import sha256_file
 from vpr_ros.errors import InputError
@@ -239,12 +240,12 @@ def test_a_directory_that_is_not_a_map_is_never_replaced(tmp_path):
         PlaceMap(DIM, HASH).save(tmp_path / "nothing")
 
 
-@pytest.mark.parametrize("target", ["_write_csv", "faiss.write_index", "_install"])
+@pytest.mark.parametrize("target", ["_write_csv", "faiss.write_index", "replace_directory"])
 @pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "rename-aside"])
 def test_a_failed_save_leaves_the_old_map_and_no_staging(tmp_path, monkeypatch, target, exchange):
     make_map(10).save(tmp_path / "map")
     if not exchange:
-        monkeypatch.setattr(pm, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(fileio, "exchange_paths", lambda a, b: False)
 
     def crash(*args, **kwargs):
         raise OSError("disk full (simulated)")
@@ -259,15 +260,15 @@ def test_a_failed_save_leaves_the_old_map_and_no_staging(tmp_path, monkeypatch, 
 
 def test_rename_aside_fallback_restores_when_the_new_map_cannot_be_renamed_in(tmp_path, monkeypatch):
     make_map(10).save(tmp_path / "map")
-    monkeypatch.setattr(pm, "_exchange", lambda a, b: False)
-    real_rename = pm.os.rename
+    monkeypatch.setattr(fileio, "exchange_paths", lambda a, b: False)
+    real_rename = fileio.os.rename
 
     def failing_second_rename(src, dst):
         if ".staging-" in str(src):
             raise OSError("rename failed (simulated)")
         real_rename(src, dst)
 
-    monkeypatch.setattr(pm.os, "rename", failing_second_rename)
+    monkeypatch.setattr(fileio.os, "rename", failing_second_rename)
     with pytest.raises(OSError, match="simulated"):
         make_map(20).save(tmp_path / "map", overwrite=True)
     monkeypatch.undo()

@@ -35,24 +35,19 @@ never reaches FAISS (whose readers can abort the process on bad input). ``descri
 memory-mapped, so a loaded flat or HNSW map holds its vectors once (inside the index); a map
 built in memory holds them twice (its own copy and the index's).
 
-Saving is atomic: the files are written and fsynced in a hidden sibling directory, which then
-replaces the map in one step (Linux ``renameat2(RENAME_EXCHANGE)``; elsewhere the old map is
-renamed aside, the new one renamed in, and the old one deleted - a kill between those two renames
-leaves the old map whole in the aside directory, which the next save restores). Leftovers of
-killed saves are swept by the next save to the same directory.
+Saving is atomic (:mod:`vpr_ros.fileio`): the files are written and fsynced in a hidden sibling
+directory, which then replaces the map in one step (Linux ``renameat2(RENAME_EXCHANGE)``; elsewhere
+the old map is renamed aside, the new one renamed in, and the old one deleted - a kill between those
+two renames leaves the old map whole in the aside directory, which the next save restores).
+Leftovers of killed saves are swept by the next save to the same directory.
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import hashlib
 import json
 import math
-import os
 import re
-import secrets
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -62,7 +57,13 @@ import numpy as np
 
 from vpr_ros.bundle import sha256_file
 from vpr_ros.errors import InputError
-from vpr_ros.fileio import fsync_dir, require
+from vpr_ros.fileio import (
+    interrupted_replacement,
+    replace_directory,
+    require,
+    staging_directory,
+    sweep_leftovers,
+)
 from vpr_ros.geometry import quat_normalize
 
 SCHEMA = "vpr_ros.place_map/1"
@@ -83,7 +84,6 @@ _TRAIN_POINTS_PER_CENTROID = 64
 _RERANK_BLOCK = 32
 UNIT_NORM_TOLERANCE = 1e-2  # fp16 engines normalise to ~1e-3; anything further off is not L2-normalised
 _FAISS_CLASS = {"flat": "IndexFlatIP", "hnsw": "IndexHNSWFlat", "ivfpq": "IndexIVFPQ"}
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|old)-(?P<pid>\d+)-[0-9a-f]+$")
 _SOURCE_UNSAFE = re.compile(r"[,\x00-\x1f\x7f]")
 
 
@@ -282,20 +282,15 @@ class PlaceMap:
         where = f"place map {directory}"
         if len(self) == 0:
             raise MapError(f"{where}: the map has no keyframes; nothing to save")
-        _sweep_leftovers(directory)
+        sweep_leftovers(directory)
         _check_target(directory, overwrite)
         try:
             self.build_index()
         except InputError as exc:
             raise MapError(f"{where}: {exc}") from None
-        staging = _sibling(directory, "staging")
-        staging.mkdir()
-        try:
+        with staging_directory(directory) as staging:
             self._write(staging)
-            fsync_dir(staging)
-            _install(staging, directory)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            replace_directory(staging, directory)
 
     def _write(self, staging: Path) -> None:
         faiss.write_index(self._index, str(staging / INDEX_FILE))
@@ -487,15 +482,8 @@ def _write_csv(path: Path, place_map: PlaceMap) -> None:
 
 
 def _seal(path: Path) -> dict[str, Any]:
-    """fsync a written file and describe it for map.json."""
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+    """Describe a written file for map.json (replace_directory makes it durable before installing)."""
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-
-
-def _sibling(directory: Path, kind: str) -> Path:
-    """A hidden sibling on the same filesystem (so renames are atomic), named for the sweep."""
-    return directory.with_name(f".{directory.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
 def _check_target(directory: Path, overwrite: bool) -> None:
@@ -520,63 +508,6 @@ def _is_place_map(directory: Path) -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     return isinstance(schema, str) and schema.startswith("vpr_ros.place_map/")
-
-
-def _install(staging: Path, directory: Path) -> None:
-    """Put the staged map at ``directory``; a replaced map ends up in ``staging`` for the caller to delete."""
-    if not directory.exists():
-        os.rename(staging, directory)
-    elif not _exchange(staging, directory):
-        aside = _sibling(directory, "old")
-        os.rename(directory, aside)
-        try:
-            os.rename(staging, directory)
-        except BaseException:
-            os.rename(aside, directory)
-            raise
-        os.rename(aside, staging)
-    fsync_dir(directory.parent)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _sweep_leftovers(directory: Path) -> None:
-    """Remove the hidden siblings of saves that were killed; an aside copy of the old map is put
-    back first if the kill came between the fallback's two renames."""
-    if not directory.parent.is_dir():
-        return
-    for path in directory.parent.iterdir():
-        match = _LEFTOVER.match(path.name)
-        if not match or match["name"] != directory.name or _alive(int(match["pid"])):
-            continue
-        if match["kind"] == "old" and not directory.exists():
-            os.rename(path, directory)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---------------------------------------------------------------------- reading
@@ -604,13 +535,10 @@ def _read_meta(directory: Path) -> dict[str, Any]:
 
 
 def _interrupted_save_hint(directory: Path) -> str:
-    if not directory.parent.is_dir():
+    aside = interrupted_replacement(directory)
+    if aside is None:
         return ""
-    for path in directory.parent.iterdir():
-        match = _LEFTOVER.match(path.name)
-        if match and match["name"] == directory.name and match["kind"] == "old":
-            return f" (an interrupted save left the previous map at {path}; rename it back or save again)"
-    return ""
+    return f" (an interrupted save left the previous map at {aside}; rename it back or save again)"
 
 
 def _from_meta(meta: dict[str, Any], where: str) -> PlaceMap:
