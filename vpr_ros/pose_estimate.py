@@ -43,6 +43,7 @@ from vpr_ros.geometry import yaw_of
 from vpr_ros.place_map import PlaceMap
 
 METHODS = ("top1", "knn_gaussian")
+DEFAULT_SIMILARITY_THRESHOLD = 0.5  # when neither the user nor the model bundle gives one
 UNESTIMATED_VARIANCE = 1e6  # rad^2 for roll and pitch: place recognition does not measure them
 
 
@@ -60,6 +61,14 @@ class PoseEstimate:
     covariance: np.ndarray  # [6, 6] x, y, z, roll, pitch, yaw
     method: str
     neighbours: int
+
+
+def resolve_threshold(configured: float, suggested: float | None) -> float:
+    """The unknown-place threshold in force: the configured one when > 0, else the model bundle's
+    suggestion (``model.json``), else :data:`DEFAULT_SIMILARITY_THRESHOLD`."""
+    if configured > 0.0:
+        return configured
+    return DEFAULT_SIMILARITY_THRESHOLD if suggested is None else suggested
 
 
 def estimate_pose(

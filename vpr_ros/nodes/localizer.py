@@ -40,9 +40,7 @@ from vpr_ros.nodes import messages
 from vpr_ros.nodes import params as P
 from vpr_ros.nodes.common import LATCHED_QOS, RESULT_QOS, LatencyWindow, VprNode, run, stamp_ns
 from vpr_ros.place_map import PlaceMap
-from vpr_ros.pose_estimate import estimate_pose
-
-DEFAULT_THRESHOLD = 0.5
+from vpr_ros.pose_estimate import estimate_pose, resolve_threshold
 
 
 class Mailbox:
@@ -161,11 +159,9 @@ class Localizer(VprNode):
         self.map = None
 
     def threshold(self) -> float:
-        value = float(self.config["search.similarity_threshold"])
-        if value > 0.0:
-            return value
-        suggested = self.bundle.similarity_threshold
-        return DEFAULT_THRESHOLD if suggested is None else suggested
+        return resolve_threshold(
+            float(self.config["search.similarity_threshold"]), self.bundle.similarity_threshold
+        )
 
     def _apply_parameters(self, changes) -> None:
         for change in changes:
