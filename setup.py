@@ -87,8 +87,12 @@ setup(
             "vpr-train = training.cli:main",
             "vpr-build-engine = vpr_ros.build_engine:main",
             "vpr-build-map = vpr_ros.build_map:main",
+            "vpr-eval = vpr_ros.evaluation.offline:main",
+            "vpr-replay = vpr_ros.replay:main",
             "vpr_localizer = vpr_ros.nodes.localizer:main",
             "vpr_mapper = vpr_ros.nodes.mapper:main",
+            "vpr_bag_player = vpr_ros.nodes.bag_player:main",
+            "vpr_replay_evaluator = vpr_ros.nodes.replay_evaluator:main",
         ],
     },
 )

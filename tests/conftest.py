@@ -9,6 +9,7 @@ group when the test ends, whatever its outcome.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -103,4 +104,58 @@ def tiny_bundle(tmp_path_factory, small_world) -> Path:
     images = sample_images(image_folder(small_world / "msls" / "train_val" / "synthtown" / "database"), 8)
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     export_bundle(source, out, images, "small world")
+    return out
+
+
+# The node-level town: the mapped route by day, the same route at dusk (another condition, other lane)
+# and a day detour that leaves the route; the nodes, the replay and the evaluation tests share it.
+@pytest.fixture(scope="session")
+def town(tmp_path_factory) -> Path:
+    from training.synth.generate import generate
+    from training.synth.presets import Drive, TraverseSpec, get_preset
+
+    small = get_preset("small")
+
+    def drive(spacing: float, offset: float) -> Drive:
+        return Drive(spacing_m=spacing, lateral_offset_m=offset, heading_jitter_deg=2.0, speed_mps=8.0)
+
+    preset = dataclasses.replace(
+        small,
+        name="nodes",
+        routes={**small.routes, "detour": [(1, 1), (2, 1), (2, 2), (2, 3)]},
+        traverses=(
+            TraverseSpec("day", "database", "main", drive(1.0, 1.5)),
+            TraverseSpec("dusk", "query", "main", drive(4.0, 0.5)),
+            TraverseSpec("day", "query", "detour", drive(4.0, 1.0)),
+        ),
+    )
+    out = tmp_path_factory.mktemp("town") / "world"
+    generate(out, preset, seed=3, formats=("bag",), progress=False)
+    return out / "bags"
+
+
+@pytest.fixture(scope="session")
+def bundle() -> Path:
+    """The shipped default model (GCL-trained, PCA-whitened): its model.json suggests the threshold."""
+    from vpr_ros.bundle import default_model_dir
+
+    return default_model_dir()
+
+
+@pytest.fixture(scope="session")
+def day_map(tmp_path_factory, town, bundle) -> Path:
+    from vpr_ros.build_map import main as build_map
+
+    out = tmp_path_factory.mktemp("nodes_map") / "map"
+    argv = [
+        "--bag",
+        str(town / "t00_day"),
+        "--model",
+        str(bundle),
+        "--out",
+        str(out),
+        "--min-distance",
+        "2.0",
+    ]
+    assert build_map([*argv, "--backend", "onnxruntime", "--quiet"]) == 0
     return out

@@ -9,7 +9,6 @@ carry the input stamps, and bad input never stops the node.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
@@ -25,58 +24,6 @@ pytestmark = requires_rclpy
 EVAL_RADIUS_M = 25.0  # MSLS' evaluation threshold, the project's default
 OFF_ROUTE_M = 40.0  # a detour frame this far from every keyframe shows a place the map never saw
 NODE_START_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def town(tmp_path_factory) -> Path:
-    from training.synth.generate import generate
-    from training.synth.presets import Drive, TraverseSpec, get_preset
-
-    small = get_preset("small")
-
-    def drive(spacing: float, offset: float) -> Drive:
-        return Drive(spacing_m=spacing, lateral_offset_m=offset, heading_jitter_deg=2.0, speed_mps=8.0)
-
-    preset = dataclasses.replace(
-        small,
-        name="nodes",
-        routes={**small.routes, "detour": [(1, 1), (2, 1), (2, 2), (2, 3)]},
-        traverses=(
-            TraverseSpec("day", "database", "main", drive(1.0, 1.5)),
-            TraverseSpec("dusk", "query", "main", drive(4.0, 0.5)),
-            TraverseSpec("day", "query", "detour", drive(4.0, 1.0)),
-        ),
-    )
-    out = tmp_path_factory.mktemp("town") / "world"
-    generate(out, preset, seed=3, formats=("bag",), progress=False)
-    return out / "bags"
-
-
-@pytest.fixture(scope="module")
-def bundle() -> Path:
-    """The shipped default model (GCL-trained, PCA-whitened): its model.json suggests the threshold."""
-    from vpr_ros.bundle import default_model_dir
-
-    return default_model_dir()
-
-
-@pytest.fixture(scope="module")
-def day_map(tmp_path_factory, town, bundle) -> Path:
-    from vpr_ros.build_map import main as build_map
-
-    out = tmp_path_factory.mktemp("nodes_map") / "map"
-    argv = [
-        "--bag",
-        str(town / "t00_day"),
-        "--model",
-        str(bundle),
-        "--out",
-        str(out),
-        "--min-distance",
-        "2.0",
-    ]
-    assert build_map([*argv, "--backend", "onnxruntime", "--quiet"]) == 0
-    return out
 
 
 def frames(bag: Path) -> list:
@@ -348,11 +295,12 @@ def test_the_node_refuses_to_start_with_one_line(
 
 
 def test_config_files_are_the_declared_defaults() -> None:
-    from vpr_ros.nodes.params import LOCALIZER, MAPPER, defaults_yaml
+    from vpr_ros.nodes.params import NODES, defaults_yaml
 
     root = Path(__file__).resolve().parents[1]
-    assert (root / "config" / "localizer.yaml").read_text() == defaults_yaml("vpr_localizer", LOCALIZER)
-    assert (root / "config" / "mapper.yaml").read_text() == defaults_yaml("vpr_mapper", MAPPER)
+    for node, params in NODES.items():
+        name = node.removeprefix("vpr_")
+        assert (root / "config" / f"{name}.yaml").read_text() == defaults_yaml(node, params), node
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,7 @@ __all__ = [
     "bag_topics",
     "choose_topics",
     "iter_frames",
+    "iter_raw",
     "parse_extrinsic",
 ]
 
@@ -182,6 +183,22 @@ def bag_info(path: Path | str, image_topic: str | None = None, pose_topic: str |
             raise InputError(f"bag {path}: topic {empty} has no messages")
         frame_id = reader.deserialize(first[2], first[0].msgtype).header.frame_id
     return BagInfo(path, image_topic, image_type, pose_topic, pose_type, image_count, frame_id)
+
+
+def iter_raw(path: Path | str, topics: Sequence[str]) -> Iterator[tuple[str, str, int, bytes]]:
+    """``(topic, message type, bag timestamp ns, data)`` of the messages on ``topics``, in bag order
+    and not deserialized: ``data`` is the CDR bytes as recorded (with the 4-byte encapsulation
+    header), which a player republishes as is. A topic the bag lacks is an InputError listing the
+    bag's topics."""
+    path = Path(path)
+    with _open(path) as reader:
+        present = {c.topic: c.msgtype for c in reader.connections}
+        missing = sorted(set(topics) - set(present))
+        if missing:
+            raise InputError(f"bag {path}: no topic {', '.join(missing)}; the bag has: {_listing(present)}")
+        wanted = [c for c in reader.connections if c.topic in topics]
+        for connection, timestamp, data in reader.messages(connections=wanted):
+            yield connection.topic, connection.msgtype, timestamp, bytes(data)
 
 
 def parse_extrinsic(values: str | Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

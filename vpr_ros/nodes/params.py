@@ -15,6 +15,7 @@ from typing import Any
 
 from vpr_ros.backends import BACKENDS, PRECISIONS
 from vpr_ros.errors import InputError
+from vpr_ros.evaluation.metrics import EvalSettings
 
 Value = bool | int | float | str | list
 
@@ -110,7 +111,28 @@ MAPPER: tuple[Param, ...] = (
     *_common_tail(),
 )  # fmt: skip
 
-NODES = {"vpr_localizer": LOCALIZER, "vpr_mapper": MAPPER}
+_EVAL = EvalSettings()  # the metric defaults, shared with vpr-eval
+REPLAY_EVALUATOR: tuple[Param, ...] = (
+    Param("bag", "", "query rosbag2 directory being replayed (ground truth is read from it); required"),
+    Param("map.dir", "", "place map the localizer uses; required"),
+    Param("model.bundle_dir", "", "model bundle the localizer uses (its threshold and hash); required"),
+    Param("report.dir", "", "report directory to write; required"),
+    Param("report.overwrite", False, "replace an existing report at report.dir"),
+    Param("input.image_topic", "", "image topic in the bag ('' = the only one)"),
+    Param("input.pose_topic", "", "ground-truth pose topic in the bag ('' = the only one)"),
+    Param("input.sync_tolerance_s", 0.05, "max |image - pose stamp| for ground truth (s)", 0.0001, 10.0),
+    Param("eval.distance_m", _EVAL.distance_m, "a keyframe this close is a correct match (m)", 0.01, 10000.0),
+    Param("eval.angle_deg", _EVAL.angle_deg, "... and this close in heading (deg); 0 = distance only", 0.0,
+          180.0),
+    Param("search.similarity_threshold", 0.0,
+          "the localizer's unknown-place threshold; 0 = model.json's value (0.5 if none)", 0.0, 1.0),
+    Param("eval.idle_timeout_s", 10.0, "write the report this long after the last answer (s)", 0.1, 3600.0),
+    Param("eval.start_timeout_s", 180.0, "give up when no answer came for this long after start (s)",
+          1.0, 36000.0),
+    Param("run.description", "ROS replay", "how the frames were played, recorded in the report"),
+)  # fmt: skip
+
+NODES = {"vpr_localizer": LOCALIZER, "vpr_mapper": MAPPER, "vpr_replay_evaluator": REPLAY_EVALUATOR}
 
 
 def declare(node: Any, params: tuple[Param, ...]) -> None:

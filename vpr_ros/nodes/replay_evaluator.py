@@ -1,0 +1,155 @@
+"""``vpr_replay_evaluator``: score the localization node's answers during a bag replay, then report.
+
+It reads the ground truth from the bag being replayed (every image's pose, paired as the mapper
+pairs them), listens to the localizer's ``~/matches`` (remap ``matches``) and to the bag's image
+topic, and pairs each answer with its frame by the image header stamp, which the localizer copies
+into its answer. Latency is the time from the image's arrival here to the answer's arrival
+(both sides hear the same publication). When every frame with ground truth has been answered, or
+no answer came for ``eval.idle_timeout_s`` (a replay at the recorded rate loses frames to a slow
+model, or ``ros2 bag play`` ended), it writes the report (:mod:`vpr_ros.evaluation.report`) and
+exits 0; Ctrl-C writes the report of what arrived so far. Works with ``vpr_bag_player`` (flow
+control or a rate) or ``ros2 bag play`` alike. Parameters: ``config/replay_evaluator.yaml``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+
+from vpr_ros import match_table
+from vpr_ros.errors import BackendError, InputError
+from vpr_ros.evaluation.answers import AnswerLog
+from vpr_ros.evaluation.ground_truth import read_ground_truth
+from vpr_ros.evaluation.metrics import EvalSettings
+from vpr_ros.evaluation.session import check_bag, finish, prepare
+from vpr_ros.nodes import params as P
+from vpr_ros.nodes.common import stamp_ns
+
+REQUIRED = ("bag", "map.dir", "model.bundle_dir", "report.dir")
+# Images: hear every one the localizer may hear (best effort matches any publisher), keep a backlog.
+IMAGE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
+ANSWER_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class ReplayEvaluator(Node):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("vpr_replay_evaluator", **kwargs)
+        P.declare(self, P.REPLAY_EVALUATOR)
+        cfg = P.snapshot(self, P.REPLAY_EVALUATOR)
+        problems = [r for r in (p.check(cfg[p.name]) for p in P.REPLAY_EVALUATOR) if r]
+        problems += [f"parameter {name} is required" for name in REQUIRED if not cfg[name]]
+        if problems:
+            raise InputError("; ".join(problems))
+        settings = EvalSettings(distance_m=cfg["eval.distance_m"], angle_deg=cfg["eval.angle_deg"] or None)
+        self.inputs = prepare(
+            cfg["map.dir"],
+            cfg["model.bundle_dir"],
+            cfg["report.dir"],
+            cfg["report.overwrite"],
+            settings,
+            cfg["search.similarity_threshold"],
+        )
+        self.truth = read_ground_truth(
+            cfg["bag"],
+            cfg["input.image_topic"] or None,
+            cfg["input.pose_topic"] or None,
+            cfg["input.sync_tolerance_s"],
+        )
+        check_bag(self.inputs, self.truth.info)
+        self.config = cfg
+        self.expected = {int(s) for s in self.truth.stamps_ns}
+        self.log = AnswerLog("cosine")
+        self.arrivals: dict[int, float] = {}
+        self.started = time.monotonic()
+        self.last_answer: float | None = None
+        self.done = False
+        info = self.truth.info
+        image_type = CompressedImage if info.image_type.endswith("CompressedImage") else Image
+        self.create_subscription(image_type, info.image_topic, self._on_image, IMAGE_QOS)
+        self.answer_sub = self.create_subscription(PointCloud2, "matches", self._on_answer, ANSWER_QOS)
+        self.create_timer(0.2, self._check_done)
+        self.get_logger().info(
+            f"evaluating {len(self.expected)} frames of {info.path} ({info.image_topic}) from answers on "
+            f"{self.answer_sub.topic_name}; report -> {self.inputs.out}"
+        )
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        self.arrivals[stamp_ns(msg.header)] = time.monotonic()
+
+    def _on_answer(self, msg: PointCloud2) -> None:
+        now = time.monotonic()
+        stamp = stamp_ns(msg.header)
+        try:
+            rows = match_table.read_table(msg)
+        except InputError as exc:
+            self.get_logger().error(f"answer at {stamp} ignored: {exc}", throttle_duration_sec=5.0)
+            return
+        arrived = self.arrivals.get(stamp)
+        self.log.add_match_table(stamp, rows, float("nan") if arrived is None else now - arrived)
+        self.last_answer = now
+        if len(self.log) % 50 == 0:
+            self.get_logger().info(f"{len(self.log)} answers for {len(self.expected)} frames")
+
+    def _check_done(self) -> None:
+        now = time.monotonic()
+        if self.last_answer is None:
+            limit = self.config["eval.start_timeout_s"]
+            if now - self.started > limit:
+                raise InputError(
+                    f"no answer on {self.answer_sub.topic_name} within {limit} s; "
+                    "is the localizer running, and 'matches' remapped to its ~/matches?"
+                )
+            return
+        complete = all(s in self.log for s in self.expected)
+        if complete or now - self.last_answer > self.config["eval.idle_timeout_s"]:
+            self.done = True
+
+    def report(self) -> str:
+        return finish(self.inputs, self.truth, self.log.answers(), str(self.config["run.description"]))
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    try:
+        node = ReplayEvaluator()
+        _spin_until_done(node)
+        if not node.done:
+            if len(node.log) == 0:
+                print("interrupted before any answer arrived; no report written", file=sys.stderr)
+                return 130
+            print(f"interrupted: reporting the {len(node.log)} answers received", file=sys.stderr)
+        print(node.report(), flush=True)
+        return 0
+    except (InputError, BackendError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+def _spin_until_done(node: ReplayEvaluator) -> None:
+    """Spin until the run is complete, or until SIGINT / SIGTERM (then ``node.done`` stays False)."""
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        while rclpy.ok() and not node.done:
+            executor.spin_once(timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
