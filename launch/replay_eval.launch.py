@@ -83,9 +83,17 @@ def generate_launch_description() -> LaunchDescription:
                 "report.dir": arg("report"),
                 "report.overwrite": PythonExpression(["'", arg("overwrite"), "' == 'true'"]),
                 "input.image_topic": arg("image_topic"),
-                "eval.idle_timeout_s": arg("idle_timeout"),
+                "eval.idle_timeout_s": PythonExpression(["float(", arg("idle_timeout"), ")"]),
                 "run.description": PythonExpression(
-                    ["'ros2 launch replay_eval.launch.py, player ' + '", arg("player"), "'"]
+                    [
+                        "'ROS 2 replay through vpr_localizer (replay_eval.launch.py), player ' + '",
+                        arg("player"),
+                        "' + (' at ' + '",
+                        arg("rate"),
+                        "' + 'x the recorded rate' if '",
+                        arg("player"),
+                        "' == 'rate' else '')",
+                    ]
                 ),
             }
         ],
