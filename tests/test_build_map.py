@@ -336,10 +336,10 @@ def test_existing_out_is_refused_before_any_work(tmp_path, capsys):
     assert (
         rc == 2
         and stderr
-        == f"error: --out {out}: exists and is not empty; pass --overwrite to replace the map there\n"
+        == f"error: --out {out}: exists and is not empty; pass --overwrite to replace the place map there\n"
     )
     rc, _, stderr = run_cli(capsys, "--bag", "x", "--model", "y", "--out", out, "--overwrite")
-    assert rc == 2 and "is not a place map (no map.json); refusing to replace it" in stderr
+    assert rc == 2 and "is not a place map; refusing to replace it" in stderr
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 

@@ -219,7 +219,9 @@ def test_ivfpq_needs_enough_keyframes(tmp_path):
 
 def test_overwrite_is_refused_without_the_flag(tmp_path):
     make_map(10).save(tmp_path / "map")
-    with pytest.raises(MapError, match="a map already exists there; pass overwrite=True"):
+    with pytest.raises(
+        MapError, match="exists and is not empty; pass overwrite=True to replace the place map there"
+    ):
         make_map(20).save(tmp_path / "map")
     assert len(PlaceMap.load(tmp_path / "map")) == 10
     make_map(20).save(tmp_path / "map", overwrite=True)

@@ -47,6 +47,24 @@ def metrics_of(report: dict) -> dict:
     return {key: value for key, value in report.items() if key not in RUN_DEPENDENT}
 
 
+def replay_argv(map_dir: Path, bag: Path, bundle: Path, out: Path, *extra: str) -> list[str]:
+    """``python -m vpr_ros.replay`` arguments (after the interpreter)."""
+    args = [
+        "--map",
+        map_dir,
+        "--bag",
+        bag,
+        "--model",
+        bundle,
+        "--out",
+        out,
+        "--backend",
+        "onnxruntime",
+        *extra,
+    ]
+    return ["-m", "vpr_ros.replay", *map(str, args)]
+
+
 @pytest.fixture(scope="module")
 def dusk_report(tmp_path_factory, town, bundle, day_map) -> Path:
     out = tmp_path_factory.mktemp("eval") / "dusk"
@@ -120,22 +138,7 @@ def test_ros_replay_gives_the_offline_metrics(
     tmp_path, ros_process, town, bundle, day_map, dusk_report
 ) -> None:
     out = tmp_path / "replay"
-    proc = ros_process(
-        [
-            "-m",
-            "vpr_ros.replay",
-            "--map",
-            str(day_map),
-            "--bag",
-            str(town / "t01_dusk"),
-            "--model",
-            str(bundle),
-            "--out",
-            str(out),
-            "--backend",
-            "onnxruntime",
-        ]
-    )
+    proc = ros_process(replay_argv(day_map, town / "t01_dusk", bundle, out))
     log = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, log
     assert "report.md" in log
@@ -150,24 +153,7 @@ def test_replay_at_a_rate_reports_what_was_answered(tmp_path, ros_process, town,
     """The player at 4x the recorded rate, as ``ros2 bag play -r 4`` would: the evaluator ends on its
     idle timeout and accounts for every frame, answered or dropped."""
     out = tmp_path / "rate"
-    proc = ros_process(
-        [
-            "-m",
-            "vpr_ros.replay",
-            "--map",
-            str(day_map),
-            "--bag",
-            str(town / "t02_day_detour"),
-            "--model",
-            str(bundle),
-            "--out",
-            str(out),
-            "--backend",
-            "onnxruntime",
-            "--rate",
-            "4",
-        ]
-    )
+    proc = ros_process(replay_argv(day_map, town / "t02_day_detour", bundle, out, "--rate", "4"))
     log = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, log
     report = report_of(out)
@@ -289,19 +275,7 @@ def test_replay_refuses_bad_input_before_starting_nodes(tmp_path, town, bundle, 
     out.mkdir()
     (out / "keep").write_text("x")
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vpr_ros.replay",
-            "--map",
-            str(day_map),
-            "--bag",
-            str(town / "t01_dusk"),
-            "--model",
-            str(bundle),
-            "--out",
-            str(out),
-        ],
+        [sys.executable, *replay_argv(day_map, town / "t01_dusk", bundle, out)],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
@@ -309,3 +283,14 @@ def test_replay_refuses_bad_input_before_starting_nodes(tmp_path, town, bundle, 
     )
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "--overwrite" in proc.stderr
     assert (out / "keep").read_text() == "x" and not (tmp_path / "r.logs").exists()
+
+
+def test_table_puts_reports_side_by_side(capsys, dusk_report, tmp_path) -> None:
+    from vpr_ros.evaluation.table import main as table
+
+    assert table([str(dusk_report)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("| report | frames |") and len(lines) == 3
+    recall = report_of(dusk_report)["recall"]["distance_and_heading"]["at"]["1"]
+    assert lines[2].startswith(f"| {dusk_report.parent.name}/dusk | 39 / 39 | 0 | {recall:.3f} |")
+    assert table([str(tmp_path)]) == 2 and "cannot read report.json" in capsys.readouterr().err

@@ -22,10 +22,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from vpr_ros.backends import BACKENDS, create_backend
 from vpr_ros.bundle import load_bundle
 from vpr_ros.errors import BackendError, InputError
+from vpr_ros.fileio import check_replaceable
 from vpr_ros.keyframes import KeyframeSelector
 from vpr_ros.map_builder import MapBuilder
 from vpr_ros.nodes.params import MAPPER
-from vpr_ros.place_map import INDEX_TYPES, META_FILE, PlaceMap
+from vpr_ros.place_map import INDEX_TYPES, PlaceMap, is_place_map
 from vpr_ros.rosbag_source import BagInfo, FrameStream, bag_info, iter_frames
 
 DESCRIPTION = """\
@@ -135,27 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an --out that the final save would refuse, before any work is done."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a directory")
-    if not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise InputError(f"--out {out}: exists and is not empty; pass --overwrite to replace the map there")
-    if not (out / META_FILE).is_file():
-        raise InputError(
-            f"--out {out}: exists and is not a place map (no {META_FILE}); refusing to replace it"
-        )
-
-
 def _build(args: argparse.Namespace) -> str:
     """Check every input, read the bag through the builder, save; returns the summary line."""
     started = time.perf_counter()
     out = args.out.expanduser()
-    _check_out(out, args.overwrite)
+    check_replaceable(out, args.overwrite, is_place_map, f"--out {out}", "place map")
     bundle = load_bundle(args.model)
     info = bag_info(args.bag, args.image_topic, args.pose_topic)
     stream = iter_frames(info.path, info.image_topic, info.pose_topic, args.sync_tolerance, args.extrinsic)

@@ -16,7 +16,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -150,3 +150,27 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def check_replaceable(
+    directory: Path,
+    overwrite: bool,
+    is_ours: Callable[[Path], bool],
+    where: str,
+    kind: str,
+    hint: str = "pass --overwrite",
+    error: type[Exception] = InputError,
+) -> None:
+    """Refuse, before any work is done, a ``directory`` a save could not or should not replace: a
+    file, a non-empty directory without ``overwrite``, and - even with it - a directory that is not
+    a ``kind`` (``is_ours`` says), which may be someone's folder. Absent or empty is fine."""
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise error(f"{where}: exists and is not a directory")
+    if not any(directory.iterdir()):
+        return  # an empty directory (made by the user) holds nothing to lose
+    if not overwrite:
+        raise error(f"{where}: exists and is not empty; {hint} to replace the {kind} there")
+    if not is_ours(directory):
+        raise error(f"{where}: exists and is not a {kind}; refusing to replace it")

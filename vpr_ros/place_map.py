@@ -58,6 +58,7 @@ import numpy as np
 from vpr_ros.bundle import sha256_file
 from vpr_ros.errors import InputError
 from vpr_ros.fileio import (
+    check_replaceable,
     interrupted_replacement,
     replace_directory,
     require,
@@ -490,19 +491,11 @@ def _check_target(directory: Path, overwrite: bool) -> None:
     where = f"place map {directory}"
     if not directory.parent.is_dir():
         raise MapError(f"{where}: the parent directory does not exist")
-    if not directory.exists():
-        return
-    if not directory.is_dir():
-        raise MapError(f"{where}: exists and is not a directory")
-    if not any(directory.iterdir()):
-        return  # an empty directory (made by the user) holds nothing to lose
-    if not _is_place_map(directory):
-        raise MapError(f"{where}: exists and is not a place map; refusing to replace it")
-    if not overwrite:
-        raise MapError(f"{where}: a map already exists there; pass overwrite=True to replace it")
+    check_replaceable(directory, overwrite, is_place_map, where, "place map", "pass overwrite=True", MapError)
 
 
-def _is_place_map(directory: Path) -> bool:
+def is_place_map(directory: Path) -> bool:
+    """Does ``directory`` hold a place map (a map.json of this schema family)?"""
     try:
         schema = json.loads((directory / META_FILE).read_text()).get("schema", "")
     except (OSError, ValueError, AttributeError):

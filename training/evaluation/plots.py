@@ -14,8 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from vpr_ros.evaluation.plots import axes
 
 
 def _save(figure: Figure, png: str | Path) -> Path:
@@ -32,16 +33,6 @@ def _save(figure: Figure, png: str | Path) -> Path:
     return png
 
 
-def _axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
-    figure = Figure(figsize=(6.4, 4.4), layout="constrained")
-    ax = figure.add_subplot()
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    return figure, ax
-
-
 def _recall_table(result: Mapping) -> dict[str, float | None]:
     """The ``{"N": recall}`` table of a recall_at_n result or of an evaluate_retrieval result."""
     return result["recall"] if "recall" in result else result["protocol"]["recall"]
@@ -53,7 +44,7 @@ def plot_recall_at_n(results: Mapping[str, Mapping], png: str | Path, title: str
     Each value is a :func:`~training.evaluation.metrics.recall_at_n` result or a whole
     :func:`~training.evaluation.metrics.evaluate_retrieval` result (its protocol recall is drawn).
     """
-    figure, ax = _axes(title, "N (number of retrieved images)", "recall@N")
+    figure, ax = axes(title, "N (number of retrieved images)", "recall@N")
     for label, result in results.items():
         table = {int(n): r for n, r in _recall_table(result).items() if r is not None}
         ns = sorted(table)
@@ -71,7 +62,7 @@ def plot_localization_curve(
     Each value is a ``(thresholds, accuracy)`` pair, as localization_accuracy_curve returns, or
     the ``localization`` entry of an evaluate_retrieval result.
     """
-    figure, ax = _axes(title, "distance threshold d [m]", "share of queries localized within d")
+    figure, ax = axes(title, "distance threshold d [m]", "share of queries localized within d")
     for label, curve in curves.items():
         thresholds, accuracy = (
             (curve["thresholds_m"], curve["accuracy"]) if isinstance(curve, Mapping) else curve
@@ -84,7 +75,7 @@ def plot_localization_curve(
 
 def plot_pca_sweep(sweep: Mapping, png: str | Path, title: str = "Recall after PCA-whitening") -> Path:
     """recall@N against the PCA-whitened dimension; dashed lines mark the unprojected recall."""
-    figure, ax = _axes(title, "dimension after PCA-whitening", "recall@N")
+    figure, ax = axes(title, "dimension after PCA-whitening", "recall@N")
     for n, values in sweep["recall"].items():
         (line,) = ax.plot(sweep["dims"], values, marker="o", label=f"recall@{n}")
         raw = sweep.get("raw", {}).get(n)
@@ -108,7 +99,7 @@ def plot_loss_curve(
     """Training loss against step; ``val`` is an optional (steps, losses) pair for validation."""
     if len(steps) != len(losses):
         raise ValueError(f"{len(steps)} steps but {len(losses)} losses")
-    figure, ax = _axes(title, "step", "loss")
+    figure, ax = axes(title, "step", "loss")
     ax.plot(steps, losses, label="training")
     if val is not None:
         val_steps, val_losses = val

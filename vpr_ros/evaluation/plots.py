@@ -29,9 +29,7 @@ DPI = 110
 RECALL_LABELS = {"distance": "distance", "distance_and_heading": "distance and heading"}
 
 
-def _axes(
-    title: str, xlabel: str, ylabel: str, size: tuple[float, float] = (6.4, 4.4)
-) -> tuple[Figure, Axes]:
+def axes(title: str, xlabel: str, ylabel: str, size: tuple[float, float] = (6.4, 4.4)) -> tuple[Figure, Axes]:
     figure = Figure(figsize=size, layout="constrained")
     ax = figure.add_subplot()
     ax.set_title(title)
@@ -56,7 +54,7 @@ def recall_at_n(report: dict, evaluation: Evaluation, place_map: PlaceMap, png: 
     }
     if not any(curves.values()):
         return False
-    figure, ax = _axes("Retrieval recall@N (on-route queries)", "N (results considered)", "recall@N")
+    figure, ax = axes("Retrieval recall@N (on-route queries)", "N (results considered)", "recall@N")
     for kind, points in curves.items():
         if points:
             ns, recall = zip(*points)
@@ -74,7 +72,7 @@ def accuracy_vs_distance(report: dict, evaluation: Evaluation, place_map: PlaceM
     curve = report["localization"]
     if not curve["queries"]:
         return False
-    figure, ax = _axes("Top-1 localization accuracy", "distance threshold t [m]", "share of queries within t")
+    figure, ax = axes("Top-1 localization accuracy", "distance threshold t [m]", "share of queries within t")
     ax.plot(curve["thresholds_m"], curve["accuracy"])
     distance = report["settings"]["distance_m"]
     ax.axvline(distance, color="grey", linestyle="--", linewidth=1, label=f"correct: within {distance:g} m")
@@ -89,7 +87,7 @@ def pr_curve(report: dict, evaluation: Evaluation, place_map: PlaceMap, png: Pat
     unknown = report["unknown_place"]
     if unknown is None or not unknown["curve"]["recall"]:
         return False
-    figure, ax = _axes(
+    figure, ax = axes(
         f"Unknown place: precision vs recall (AP {unknown['average_precision']:.3f})", "recall", "precision"
     )
     ax.plot(unknown["curve"]["recall"], unknown["curve"]["precision"], color="C0", label="threshold swept")
@@ -111,7 +109,7 @@ def trajectory(report: dict, evaluation: Evaluation, place_map: PlaceMap, png: P
     q = evaluation.queries
     map_xy = place_map.positions[:, :2]
     distance = report["settings"]["distance_m"]
-    figure, ax = _axes("Queries at their true positions", "x [m]", "y [m]", size=(8.0, 6.4))
+    figure, ax = axes("Queries at their true positions", "x [m]", "y [m]", size=(8.0, 6.4))
     ax.plot(map_xy[:, 0], map_xy[:, 1], "-", color="0.7", linewidth=1, zorder=1)
     ax.plot(map_xy[:, 0], map_xy[:, 1], ".", color="0.55", markersize=3, zorder=1)
     refused = q["answered"] & ~q["accepted"] if report["settings"]["threshold"] is not None else None
@@ -164,7 +162,7 @@ def accuracy_vs_spacing(report: dict, evaluation: Evaluation, place_map: PlaceMa
     rows = [r for r in report["spacing"] if r["accuracy"] is not None]
     if not rows:
         return False
-    figure, ax = _axes("Accuracy vs keyframe spacing", "keyframe spacing [m]", "share of on-route queries")
+    figure, ax = axes("Accuracy vs keyframe spacing", "keyframe spacing [m]", "share of on-route queries")
     spacing = [r["spacing_m"] for r in rows]
     ax.plot(spacing, [r["accuracy"] for r in rows], marker="o", label="top-1 correct")
     ax.plot(
@@ -192,7 +190,7 @@ def pose_error(report: dict, evaluation: Evaluation, place_map: PlaceMap, png: P
     errors = {label: np.sort(e) for label, e in evaluation.estimate_errors.items() if len(e)}
     if not errors:
         return False
-    figure, ax = _axes(
+    figure, ax = axes(
         "Pose estimate error (accepted on-route queries)",
         "position error e [m]",
         "share of queries with error <= e",

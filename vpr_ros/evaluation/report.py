@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from vpr_ros.errors import InputError
 from vpr_ros.evaluation import plots
 from vpr_ros.evaluation.metrics import WITHIN_M, Evaluation
-from vpr_ros.fileio import replace_directory, staging_directory, sweep_leftovers
+from vpr_ros.fileio import check_replaceable, replace_directory, staging_directory, sweep_leftovers
 from vpr_ros.place_map import PlaceMap
 
 REPORT_SCHEMA = "vpr_ros.eval_report/1"
@@ -38,23 +37,15 @@ def check_report_dir(out: Path, overwrite: bool) -> None:
     a report, which may be someone's folder. Leftovers of killed writers are swept first, so an
     old report they had moved aside counts as the report it is."""
     out = Path(out).expanduser()
-    where = f"report directory {out}"
     sweep_leftovers(out.absolute())
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise InputError(f"{where}: exists and is not a directory")
-    if not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise InputError(
-            f"{where}: exists and is not empty; pass --overwrite (node: report.overwrite) to replace it"
-        )
-    if not _is_report(out):
-        raise InputError(
-            f"{where}: exists and is not a vpr_ros report (no {REPORT_JSON} of schema {REPORT_SCHEMA}); "
-            "refusing to replace it"
-        )
+    check_replaceable(
+        out,
+        overwrite,
+        _is_report,
+        f"report directory {out}",
+        "vpr_ros report",
+        "pass --overwrite (node: report.overwrite)",
+    )
 
 
 def _is_report(directory: Path) -> bool:
@@ -120,15 +111,15 @@ def _csv(columns: dict[str, np.ndarray]) -> str:
 # ---------------------------------------------------------------------- formatting
 
 
-def _pct(share: float | None) -> str:
+def percent(share: float | None) -> str:
     return DASH if share is None else f"{100 * share:.1f} %"
 
 
-def _num(value: float | None, spec: str = ".3g") -> str:
+def number(value: float | None, spec: str = ".3g") -> str:
     return DASH if value is None else format(value, spec)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return [*lines, *("| " + " | ".join(row) + " |" for row in rows), ""]
 
@@ -139,7 +130,7 @@ def _accuracy_at(localization: dict, metres: float) -> float | None:
     return curve.get(float(metres))
 
 
-def _recall_kind(report: dict) -> tuple[str, str]:
+def recall_kind(report: dict) -> tuple[str, str]:
     """The stricter recall the run has: by distance and heading where headings were compared."""
     if "distance_and_heading" in report["recall"]:
         return "distance_and_heading", "distance and heading"
@@ -158,7 +149,7 @@ def _markdown(report: dict, figures: list[str]) -> str:
     lines = [
         f"# Replay evaluation ({report['run'].get('mode', 'unknown mode')})",
         "",
-        *_run_table(report["run"]),
+        *_runmarkdown_table(report["run"]),
         f"A keyframe is correct for a query within {s['distance_m']:g} m{heading}; a query is on the route "
         f"when the map holds a correct keyframe for it. Scores: {s['score']}, {s['k']} results per query.",
         "",
@@ -193,7 +184,7 @@ def _markdown(report: dict, figures: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _run_table(run: dict) -> list[str]:
+def _runmarkdown_table(run: dict) -> list[str]:
     model = run.get("model")
     if model:
         content_hash = str(model.get("content_hash", ""))[:19]
@@ -211,7 +202,7 @@ def _run_table(run: dict) -> list[str]:
         ["topics", topics],
         ["created", str(run.get("created"))],
     ]
-    return _table(["run", ""], rows)
+    return markdown_table(["run", ""], rows)
 
 
 def _frames(frames: dict) -> list[str]:
@@ -225,15 +216,15 @@ def _frames(frames: dict) -> list[str]:
         ["answered, on the route", frames["on_route"]],
         ["answered, off the route", frames["off_route"]],
     ]
-    return ["## Frames", "", *_table(["frames", "count"], [[name, str(n)] for name, n in rows])]
+    return ["## Frames", "", *markdown_table(["frames", "count"], [[name, str(n)] for name, n in rows])]
 
 
 def _recall(recall: dict) -> list[str]:
     kinds = [kind for kind in ("distance", "distance_and_heading") if kind in recall]
     header = ["N", *(f"{kind.replace('_', ' ')} ({recall[kind]['queries']} queries)" for kind in kinds)]
     ns = list(recall["distance"]["at"])
-    rows = [[f"recall@{n}", *(_pct(recall[kind]["at"][n]) for kind in kinds)] for n in ns]
-    return _table(header, rows)
+    rows = [[f"recall@{n}", *(percent(recall[kind]["at"][n]) for kind in kinds)] for n in ns]
+    return markdown_table(header, rows)
 
 
 def _localization(localization: dict) -> list[str]:
@@ -243,22 +234,28 @@ def _localization(localization: dict) -> list[str]:
     header = ["", *(f"within {m} m" for m in at)]
     row = [
         f"top-1 ({localization['queries']} on-route queries)",
-        *(_pct(_accuracy_at(localization, m)) for m in at),
+        *(percent(_accuracy_at(localization, m)) for m in at),
     ]
-    return _table(header, [row])
+    return markdown_table(header, [row])
 
 
 def _spacing(map_section: dict, spacing: list[dict]) -> list[str]:
     intro = (
-        f"{map_section['keyframes']} keyframes, median spacing {_num(map_section['median_spacing_m'])} m. "
+        f"{map_section['keyframes']} keyframes, median spacing {number(map_section['median_spacing_m'])} m. "
         "Thinned maps keep one keyframe per spacing; a query's answer is its first result that was kept."
     )
     rows = [
-        [_num(r["spacing_m"]), r["map"], str(r["keyframes"]), _pct(r["accuracy"]), _pct(r["found_in_top_k"])]
+        [
+            number(r["spacing_m"]),
+            r["map"],
+            str(r["keyframes"]),
+            percent(r["accuracy"]),
+            percent(r["found_in_top_k"]),
+        ]
         for r in spacing
     ]
     header = ["spacing [m]", "map", "keyframes", "top-1 correct", "a kept keyframe in the results"]
-    return [intro, "", *_table(header, rows)]
+    return [intro, "", *markdown_table(header, rows)]
 
 
 def _pose_estimates(estimates: dict | None) -> list[str]:
@@ -268,9 +265,9 @@ def _pose_estimates(estimates: dict | None) -> list[str]:
     rows = [
         [
             "top-1" if r["sigma_m"] is None else f"kNN, sigma {r['sigma_m']:g} m",
-            *(_pct(r["within_m"][f"{d:g}"]) for d in WITHIN_M),
-            _num(r["median_error_m"]),
-            _num(r["mean_error_m"]),
+            *(percent(r["within_m"][f"{d:g}"]) for d in WITHIN_M),
+            number(r["median_error_m"]),
+            number(r["mean_error_m"]),
         ]
         for r in estimates["rows"]
     ]
@@ -278,7 +275,7 @@ def _pose_estimates(estimates: dict | None) -> list[str]:
         f"Position error over the {estimates['queries']} on-route queries accepted at threshold "
         f"{estimates['threshold']:g}."
     )
-    return [intro, "", *_table(header, rows)]
+    return [intro, "", *markdown_table(header, rows)]
 
 
 def _unknown_place(unknown: dict | None) -> list[str]:
@@ -288,7 +285,7 @@ def _unknown_place(unknown: dict | None) -> list[str]:
         f"A query is accepted when its best score reaches the threshold; accepted with a correct top-1 "
         f"keyframe is a true positive. {unknown['on_route_queries']} on-route, "
         f"{unknown['off_route_queries']} off-route queries; average precision "
-        f"{_num(unknown['average_precision'], '.3f')}.",
+        f"{number(unknown['average_precision'], '.3f')}.",
         "",
     ]
     c = unknown["configured"]
@@ -297,19 +294,19 @@ def _unknown_place(unknown: dict | None) -> list[str]:
     else:
         header = ["threshold", "accepted", "precision", "recall", "F1", "off-route refused", "false accepts"]
         row = [
-            _num(c["threshold"]),
+            number(c["threshold"]),
             str(c["accepted"]),
-            _num(c["precision"], ".3f"),
-            _num(c["recall"], ".3f"),
-            _num(c["f1"], ".3f"),
-            _pct(c["off_route_refused"]),
+            number(c["precision"], ".3f"),
+            number(c["recall"], ".3f"),
+            number(c["f1"], ".3f"),
+            percent(c["off_route_refused"]),
             str(c["false_accepts"]),
         ]
-        lines += ["Configured threshold:", "", *_table(header, [row])]
+        lines += ["Configured threshold:", "", *markdown_table(header, [row])]
     b = unknown["best"]
     if b is not None:
         lines += [
-            f"Best-F1 threshold: {_num(b['threshold'], '.4g')} (precision {b['precision']:.3f}, "
+            f"Best-F1 threshold: {number(b['threshold'], '.4g')} (precision {b['precision']:.3f}, "
             f"recall {b['recall']:.3f}, F1 {b['f1']:.3f}).",
             "",
         ]
@@ -321,8 +318,8 @@ def _latency(latency: dict, frames: dict) -> list[str]:
     if not latency["frames"]:
         return ["Latency: not measured.", "", dropped, ""]
     header = ["frames measured", "p50 [ms]", "p95 [ms]", "p99 [ms]", "mean [ms]"]
-    row = [str(latency["frames"]), *(_num(latency[key]) for key in ("p50", "p95", "p99", "mean"))]
-    return [*_table(header, [row]), dropped, ""]
+    row = [str(latency["frames"]), *(number(latency[key]) for key in ("p50", "p95", "p99", "mean"))]
+    return [*markdown_table(header, [row]), dropped, ""]
 
 
 # ---------------------------------------------------------------------- console
@@ -333,24 +330,24 @@ def summary(report: dict, out: Path | None = None) -> str:
     loaded report.json; ``out`` the report directory, named on the last line."""
     report = _plain(report)
     s, f = report["settings"], report["frames"]
-    kind, label = _recall_kind(report)
+    kind, label = recall_kind(report)
     at = report["recall"][kind]["at"]
     mode = (report.get("run") or {}).get("mode", "unknown")
     lines = [
         f"mode: {mode} ({s['score']} scores, {s['k']} results per query)",
         f"frames: {f['answered']} answered, {f['dropped']} dropped of {f['with_ground_truth']} with ground "
         f"truth ({f['on_route']} on the route, {f['off_route']} off)",
-        f"recall@{'/'.join(at)} ({label}): {' / '.join(_num(r, '.3f') for r in at.values())}",
+        f"recall@{'/'.join(at)} ({label}): {' / '.join(number(r, '.3f') for r in at.values())}",
     ]
     accuracy = _accuracy_at(report["localization"], s["distance_m"])
     if accuracy is not None:
-        lines.append(f"top-1 within {s['distance_m']:g} m: {_pct(accuracy)}")
+        lines.append(f"top-1 within {s['distance_m']:g} m: {percent(accuracy)}")
     unknown = report["unknown_place"]
     if unknown is not None and unknown["configured"] is not None:
         c = unknown["configured"]
         lines.append(
-            f"unknown place at threshold {c['threshold']:g}: precision {_num(c['precision'], '.3f')}, "
-            f"recall {c['recall']:.3f}, off-route refused {_pct(c['off_route_refused'])}"
+            f"unknown place at threshold {c['threshold']:g}: precision {number(c['precision'], '.3f')}, "
+            f"recall {c['recall']:.3f}, off-route refused {percent(c['off_route_refused'])}"
         )
     if unknown is not None and unknown["best"] is not None:
         b = unknown["best"]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vpr_ros.errors import InputError
-from vpr_ros.evaluation.report import REPORT_SCHEMA
+from vpr_ros.evaluation.report import REPORT_SCHEMA, markdown_table, number, percent, recall_kind
 
 COLUMNS = (
     "report",
@@ -40,15 +40,8 @@ def _load(directory: Path) -> dict:
     return report
 
 
-def _number(value: float | None, percent: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{100 * value:.1f} %" if percent else f"{value:.3f}"
-
-
 def row(name: str, report: dict) -> list[str]:
-    recall_kind = "distance_and_heading" if "distance_and_heading" in report["recall"] else "distance"
-    recall = report["recall"][recall_kind]["at"]
+    recall = report["recall"][recall_kind(report)[0]]["at"]
     configured = (report["unknown_place"] or {}).get("configured") or {}
     latency = report["latency_ms"]
     frames = report["frames"]
@@ -56,19 +49,17 @@ def row(name: str, report: dict) -> list[str]:
         name,
         f"{frames['answered']} / {frames['with_ground_truth']}",
         str(frames["off_route"]),
-        _number(recall.get("1")),
-        _number(recall.get("5")),
-        _number(configured["accepted"] / frames["answered"] if configured else None, percent=True),
-        _number(configured.get("off_route_refused"), percent=True),
-        _number(configured.get("precision")),
+        number(recall.get("1"), ".3f"),
+        number(recall.get("5"), ".3f"),
+        percent(configured["accepted"] / frames["answered"] if configured else None),
+        percent(configured.get("off_route_refused")),
+        number(configured.get("precision"), ".3f"),
         "-" if latency["p50"] is None else f"{latency['p50']:.1f} / {latency['p95']:.1f}",
     ]
 
 
 def markdown(reports: dict[str, dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row(name, report)) + " |" for name, report in reports.items()]
-    return "\n".join(lines)
+    return "\n".join(markdown_table(list(COLUMNS), [row(name, report) for name, report in reports.items()]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
