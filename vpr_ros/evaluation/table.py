@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vpr_ros.errors import InputError
-from vpr_ros.evaluation.report import REPORT_SCHEMA, markdown_table, number, percent, recall_kind
+from vpr_ros.evaluation.report import DASH, REPORT_SCHEMA, markdown_table, number, percent, recall_kind
 
 COLUMNS = (
     "report",
@@ -54,7 +54,7 @@ def row(name: str, report: dict) -> list[str]:
         percent(configured["accepted"] / frames["answered"] if configured else None),
         percent(configured.get("off_route_refused")),
         number(configured.get("precision"), ".3f"),
-        "-" if latency["p50"] is None else f"{latency['p50']:.1f} / {latency['p95']:.1f}",
+        DASH if latency["p50"] is None else f"{latency['p50']:.1f} / {latency['p95']:.1f}",
     ]
 
 
