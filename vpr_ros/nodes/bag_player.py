@@ -234,7 +234,7 @@ class BagPlayer(Node):
         except ParameterException as exc:
             raise InputError(f"parameter topics: {' '.join(str(exc).split())}") from None
         config = P.snapshot(self, PARAMS)
-        problems = [r for r in (p.check(config[p.name]) for p in PARAMS) if r]
+        problems = P.problems(config, PARAMS)
         if not config["bag"]:
             problems.insert(0, "parameter bag is required: -p bag:=<rosbag2 directory>")
         if problems:

@@ -84,7 +84,7 @@ class VprNode(LifecycleNode):
 
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         self.config = P.snapshot(self, self.PARAMS)
-        problems = [r for r in (p.check(self.config[p.name]) for p in self.PARAMS) if r]
+        problems = P.problems(self.config, self.PARAMS)
         try:
             if problems:
                 raise InputError("; ".join(problems))

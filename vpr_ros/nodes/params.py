@@ -135,6 +135,11 @@ REPLAY_EVALUATOR: tuple[Param, ...] = (
 NODES = {"vpr_localizer": LOCALIZER, "vpr_mapper": MAPPER, "vpr_replay_evaluator": REPLAY_EVALUATOR}
 
 
+def problems(config: dict[str, Value], params: tuple[Param, ...]) -> list[str]:
+    """Why values of ``config`` are not acceptable, one reason per bad parameter."""
+    return [reason for reason in (p.check(config[p.name]) for p in params) if reason]
+
+
 def declare(node: Any, params: tuple[Param, ...]) -> None:
     """Declare ``params`` on an rclpy node with descriptors, and reject invalid changes."""
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult

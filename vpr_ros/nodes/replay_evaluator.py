@@ -43,8 +43,9 @@ class ReplayEvaluator(Node):
         super().__init__("vpr_replay_evaluator", **kwargs)
         P.declare(self, P.REPLAY_EVALUATOR)
         cfg = P.snapshot(self, P.REPLAY_EVALUATOR)
-        problems = [r for r in (p.check(cfg[p.name]) for p in P.REPLAY_EVALUATOR) if r]
-        problems += [f"parameter {name} is required" for name in REQUIRED if not cfg[name]]
+        problems = P.problems(cfg, P.REPLAY_EVALUATOR) + [
+            f"parameter {name} is required" for name in REQUIRED if not cfg[name]
+        ]
         if problems:
             raise InputError("; ".join(problems))
         settings = EvalSettings(distance_m=cfg["eval.distance_m"], angle_deg=cfg["eval.angle_deg"] or None)
