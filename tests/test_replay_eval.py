@@ -294,3 +294,11 @@ def test_table_puts_reports_side_by_side(capsys, dusk_report, tmp_path) -> None:
     recall = report_of(dusk_report)["recall"]["distance_and_heading"]["at"]["1"]
     assert lines[2].startswith(f"| {dusk_report.parent.name}/dusk | 39 / 39 | 0 | {recall:.3f} |")
     assert table([str(tmp_path)]) == 2 and "cannot read report.json" in capsys.readouterr().err
+
+
+def test_negative_sync_tolerance_is_refused(tmp_path, capsys, town, bundle, day_map) -> None:
+    with pytest.raises(SystemExit) as exited:
+        vpr_eval(["--map", str(day_map), "--bag", str(town / "t01_dusk"), "--model", str(bundle)]
+                 + ["--out", str(tmp_path / "r"), "--sync-tolerance", "-1"])  # fmt: skip
+    assert exited.value.code == 2 and "--sync-tolerance: must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vpr_ros.bundle import load_bundle
-from vpr_ros.errors import BackendError, InputError
+from vpr_ros.cli import run
+from vpr_ros.errors import InputError
 from vpr_ros.trt.builder import DEFAULT_WORKSPACE_MB, ensure_engine, import_tensorrt, supported_major
 from vpr_ros.trt.calibration import DEFAULT_COUNT, calibration_set
 from vpr_ros.trt.engine_cache import PRECISIONS, EngineKey, engine_key, gpu_identity
@@ -89,18 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        path, key, built = _build(args)
-    except (InputError, BackendError) as exc:  # BundleError is an InputError
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(f"engine: {path}")
-    print(f"key: {key.describe()}")
-    print("built now" if built else "valid cached engine (use --force to rebuild)")
-    return 0
+    return run(lambda: _report(*_build(args)))
+
+
+def _report(path: Path, key: EngineKey, built: bool) -> str:
+    state = "built now" if built else "valid cached engine (use --force to rebuild)"
+    return f"engine: {path}\nkey: {key.describe()}\n{state}"
 
 
 def _build(args: argparse.Namespace) -> tuple[Path, EngineKey, bool]:

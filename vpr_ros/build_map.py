@@ -21,7 +21,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from vpr_ros.backends import BACKENDS, create_backend
 from vpr_ros.bundle import load_bundle
-from vpr_ros.errors import BackendError, InputError
+from vpr_ros.cli import add_bag_topic_arguments, non_negative, run
+from vpr_ros.errors import InputError
 from vpr_ros.fileio import check_replaceable
 from vpr_ros.keyframes import KeyframeSelector
 from vpr_ros.map_builder import MapBuilder
@@ -47,20 +48,6 @@ EMBED_BATCH = 8
 DEFAULTS = {p.name: p.default for p in MAPPER}
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vpr-build-map",
@@ -71,30 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bag", required=True, type=Path, help="rosbag2 directory (holds metadata.yaml)")
     parser.add_argument("--model", required=True, type=Path, help="model bundle directory")
     parser.add_argument("--out", required=True, type=Path, help="place map directory to write")
-    parser.add_argument(
-        "--image-topic", help="sensor_msgs Image or CompressedImage topic (default: the only one)"
-    )
-    parser.add_argument(
-        "--pose-topic",
-        help="nav_msgs/Odometry, PoseStamped or PoseWithCovarianceStamped topic (default: the only one)",
-    )
-    parser.add_argument(
-        "--sync-tolerance",
-        type=_non_negative,
-        default=DEFAULTS["mapper.sync_tolerance_s"],
-        metavar="S",
-        help="largest image-to-pose stamp difference in seconds (default: %(default)s)",
-    )
+    add_bag_topic_arguments(parser, "poses", DEFAULTS["mapper.sync_tolerance_s"])
     parser.add_argument(
         "--min-distance",
-        type=_non_negative,
+        type=non_negative,
         default=DEFAULTS["mapper.keyframe_min_distance_m"],
         metavar="M",
         help="metres between keyframes (default: %(default)s)",
     )
     parser.add_argument(
         "--min-rotation",
-        type=_non_negative,
+        type=non_negative,
         default=DEFAULTS["mapper.keyframe_min_rotation_deg"],
         metavar="DEG",
         help="degrees of turn that also make a keyframe (default: %(default)s)",
@@ -125,15 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    try:
-        print(_build(args))
-    except (InputError, BackendError) as exc:  # BundleError and MapError are InputErrors
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted; nothing written to {args.out}", file=sys.stderr)
-        return 130
-    return 0
+    return run(lambda: _build(args), f"interrupted; nothing written to {args.out}")
 
 
 def _build(args: argparse.Namespace) -> str:

@@ -26,7 +26,8 @@ import numpy as np
 from tqdm import tqdm
 
 from vpr_ros.backends import BACKENDS, create_backend
-from vpr_ros.errors import BackendError, InputError
+from vpr_ros.cli import add_bag_topic_arguments, run
+from vpr_ros.errors import InputError
 from vpr_ros.evaluation import raw_pixels
 from vpr_ros.evaluation.answers import AnswerLog
 from vpr_ros.evaluation.ground_truth import DEFAULT_SYNC_TOLERANCE_S, TruthRecorder, open_query_bag
@@ -97,15 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline", choices=("raw-pixels",), help="evaluate raw-pixel matching instead of a model"
     )
     parser.add_argument("--map-bag", type=Path, help="the bag the map was built from (--baseline only)")
-    parser.add_argument("--image-topic", help="image topic (default: the only one in the bag)")
-    parser.add_argument("--pose-topic", help="ground-truth pose topic (default: the only one in the bag)")
-    parser.add_argument(
-        "--sync-tolerance",
-        type=float,
-        default=DEFAULT_SYNC_TOLERANCE_S,
-        metavar="S",
-        help="largest image-to-pose stamp difference (default: %(default)s)",
-    )
+    add_bag_topic_arguments(parser, "ground-truth poses", DEFAULT_SYNC_TOLERANCE_S)
     settings_arguments(parser)
     parser.add_argument(
         "--backend", choices=BACKENDS, default="auto", help="inference backend (default: auto)"
@@ -117,15 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        print(_evaluate(args))
-    except (InputError, BackendError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted; nothing written to {args.out}", file=sys.stderr)
-        return 130
-    return 0
+    return run(lambda: _evaluate(args), f"interrupted; nothing written to {args.out}")
 
 
 def _evaluate(args: argparse.Namespace) -> str:

@@ -1,0 +1,64 @@
+"""What the command-line tools share: argument types, the bag-topic arguments, and the exit protocol.
+
+Every tool exits 0 on success, 2 with one ``error: ...`` line on stderr for bad input (an
+:class:`~vpr_ros.errors.InputError`, or a :class:`~vpr_ros.errors.BackendError` when the hardware
+or library a backend needs is missing), and 130 on Ctrl-C - never with a traceback for a user's
+mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from vpr_ros.errors import BackendError, InputError
+
+
+def positive(text: str) -> float:
+    """argparse type: a number > 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    """argparse type: a number >= 0."""
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def add_bag_topic_arguments(parser: argparse.ArgumentParser, pose_help: str, sync_tolerance_s: float) -> None:
+    """``--image-topic``, ``--pose-topic`` and ``--sync-tolerance`` of a tool that reads camera
+    frames with their poses from a bag (:func:`vpr_ros.rosbag_source.iter_frames`)."""
+    parser.add_argument(
+        "--image-topic", help="sensor_msgs Image or CompressedImage topic (default: the only one)"
+    )
+    parser.add_argument(
+        "--pose-topic",
+        help=f"{pose_help}: nav_msgs/Odometry, PoseStamped or PoseWithCovarianceStamped "
+        "(default: the only one)",
+    )
+    parser.add_argument(
+        "--sync-tolerance",
+        type=non_negative,
+        default=sync_tolerance_s,
+        metavar="S",
+        help="largest image-to-pose stamp difference in seconds (default: %(default)s)",
+    )
+
+
+def run(work: Callable[[], str], interrupted: str = "interrupted") -> int:
+    """Run ``work``, print what it returns, and map failures to the exit protocol above."""
+    try:
+        print(work())
+    except (InputError, BackendError) as exc:  # BundleError and MapError are InputErrors
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
+    return 0
