@@ -48,6 +48,11 @@ def _vector(values: Any, size: int, name: str) -> np.ndarray:
     return arr
 
 
+# 50 ms: a 20 Hz odometry is always within half a period of an image; a mapper and an evaluation
+# that pair the same recording with this default pair it alike.
+DEFAULT_TOLERANCE_S = 0.05
+
+
 class ImagePosePairer:
     """Stamp matching of images to poses; see the module docstring for the rule.
 

@@ -15,9 +15,8 @@ import numpy as np
 
 from vpr_ros.errors import InputError
 from vpr_ros.place_map import PlaceMap
+from vpr_ros.pose_sync import DEFAULT_TOLERANCE_S
 from vpr_ros.rosbag_source import BagInfo, FrameStream, bag_info, iter_frames
-
-DEFAULT_SYNC_TOLERANCE_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ def open_query_bag(
     bag: Path | str,
     image_topic: str | None = None,
     pose_topic: str | None = None,
-    tolerance_s: float = DEFAULT_SYNC_TOLERANCE_S,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
 ) -> tuple[BagInfo, FrameStream]:
     """The bag's topics (checked; the error lists what the bag has) and its frames with poses."""
     info = bag_info(bag, image_topic, pose_topic)
@@ -85,7 +84,7 @@ def read_ground_truth(
     bag: Path | str,
     image_topic: str | None = None,
     pose_topic: str | None = None,
-    tolerance_s: float = DEFAULT_SYNC_TOLERANCE_S,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
 ) -> GroundTruth:
     """Every frame's pose, without decoding a single image."""
     info, stream = open_query_bag(bag, image_topic, pose_topic, tolerance_s)

@@ -30,10 +30,11 @@ from vpr_ros.cli import add_bag_topic_arguments, run
 from vpr_ros.errors import InputError
 from vpr_ros.evaluation import raw_pixels
 from vpr_ros.evaluation.answers import AnswerLog
-from vpr_ros.evaluation.ground_truth import DEFAULT_SYNC_TOLERANCE_S, TruthRecorder, open_query_bag
+from vpr_ros.evaluation.ground_truth import TruthRecorder, open_query_bag
 from vpr_ros.evaluation.metrics import EvalSettings
 from vpr_ros.evaluation.session import EvalInputs, check_bag, finish, prepare
 from vpr_ros.image_codec import ImageConversionError
+from vpr_ros.pose_sync import DEFAULT_TOLERANCE_S
 from vpr_ros.rosbag_source import Frame, FrameStream, bag_info, iter_frames
 
 DESCRIPTION = """\
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline", choices=("raw-pixels",), help="evaluate raw-pixel matching instead of a model"
     )
     parser.add_argument("--map-bag", type=Path, help="the bag the map was built from (--baseline only)")
-    add_bag_topic_arguments(parser, "ground-truth poses", DEFAULT_SYNC_TOLERANCE_S)
+    add_bag_topic_arguments(parser, "ground-truth poses", DEFAULT_TOLERANCE_S)
     settings_arguments(parser)
     parser.add_argument(
         "--backend", choices=BACKENDS, default="auto", help="inference backend (default: auto)"

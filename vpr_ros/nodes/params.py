@@ -16,6 +16,7 @@ from typing import Any
 from vpr_ros.backends import BACKENDS, PRECISIONS
 from vpr_ros.errors import InputError
 from vpr_ros.evaluation.metrics import EvalSettings
+from vpr_ros.pose_sync import DEFAULT_TOLERANCE_S
 
 Value = bool | int | float | str | list
 
@@ -105,7 +106,8 @@ MAPPER: tuple[Param, ...] = (
           "base->camera pose x y z qx qy qz qw (keyframe = pose * extrinsic)"),
     Param("input.pose_type", "odometry", "pose topic type: 'odom' (nav_msgs/Odometry) or 'pose' "
           "(geometry_msgs/PoseStamped)", choices=("odometry", "pose_stamped")),
-    Param("mapper.sync_tolerance_s", 0.05, "max |image stamp - pose stamp| for a pair (s)", 0.0001, 10.0),
+    Param("mapper.sync_tolerance_s", DEFAULT_TOLERANCE_S, "max |image stamp - pose stamp| for a pair (s)",
+          0.0001, 10.0),
     Param("mapper.keyframe_min_distance_m", 1.0, "new keyframe after this distance (m)", 0.0, 1000.0),
     Param("mapper.keyframe_min_rotation_deg", 15.0, "or after this rotation (deg)", 0.0, 180.0),
     *_common_tail(),
@@ -120,7 +122,8 @@ REPLAY_EVALUATOR: tuple[Param, ...] = (
     Param("report.overwrite", False, "replace an existing report at report.dir"),
     Param("input.image_topic", "", "image topic in the bag ('' = the only one)"),
     Param("input.pose_topic", "", "ground-truth pose topic in the bag ('' = the only one)"),
-    Param("input.sync_tolerance_s", 0.05, "max |image - pose stamp| for ground truth (s)", 0.0001, 10.0),
+    Param("input.sync_tolerance_s", DEFAULT_TOLERANCE_S, "max |image - pose stamp| for ground truth (s)",
+          0.0001, 10.0),
     Param("eval.distance_m", _EVAL.distance_m, "a keyframe this close is a correct match (m)", 0.01, 10000.0),
     Param("eval.angle_deg", _EVAL.angle_deg, "... and this close in heading (deg); 0 = distance only", 0.0,
           180.0),
