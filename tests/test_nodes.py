@@ -52,6 +52,16 @@ def output_of(process) -> str:
         return process.communicate()[0]
 
 
+def send_until_answered(ros: RosHarness, pub, msg, matches: list, proc, timeout_s: float = 20.0) -> None:
+    """Publish ``msg`` and again every second until a new match table arrives: best effort may lose
+    it, and the first frames can go out before the node's side of discovery is done."""
+    before, deadline = len(matches), time.monotonic() + timeout_s
+    pub.publish(msg)
+    while not ros.spin_until(lambda: len(matches) > before, 1.0, proc):
+        assert time.monotonic() < deadline and proc.poll() is None, output_of(proc)
+        pub.publish(msg)
+
+
 def localize(ros: RosHarness, proc, sequence: list, timeout_s: float = 20.0) -> dict[int, object]:
     """Publish each frame after the previous one was answered (flow control); stamp -> match table."""
     from sensor_msgs.msg import Image
@@ -63,16 +73,7 @@ def localize(ros: RosHarness, proc, sequence: list, timeout_s: float = 20.0) -> 
     assert ros.wait_for_subscribers("/cam/image"), output_of(proc)
     answers: dict[int, object] = {}
     for frame in sequence:
-        before, msg, deadline = (
-            len(matches),
-            image_msg(frame.rgb(), frame.stamp_ns),
-            time.monotonic() + timeout_s,
-        )
-        pub.publish(msg)
-        while not ros.spin_until(lambda n=before: len(matches) > n, 1.0, proc):
-            # Best effort: the first frames can go out before the node's side of discovery is done.
-            assert time.monotonic() < deadline and proc.poll() is None, output_of(proc)
-            pub.publish(msg)
+        send_until_answered(ros, pub, image_msg(frame.rgb(), frame.stamp_ns), matches, proc, timeout_s)
         msg = matches[-1][1]
         answers[stamp_of(msg)] = read_table(msg)
     return answers
@@ -220,8 +221,7 @@ def test_bad_frames_are_logged_and_the_node_keeps_serving(ros_process, town, bun
         for msg in bad:
             pub.publish(msg)
             ros.spin_until(lambda: False, 0.3)
-        pub.publish(image_msg(good.rgb(), good.stamp_ns))
-        assert ros.spin_until(lambda: any(stamp_of(m) == good.stamp_ns for _, m in matches), 20.0, proc)
+        send_until_answered(ros, pub, image_msg(good.rgb(), good.stamp_ns), matches, proc)
         assert all(stamp_of(m) == good.stamp_ns for _, m in matches), "bad frames produce no answer"
 
         def set_param(name: str, value: int):
@@ -238,9 +238,7 @@ def test_bad_frames_are_logged_and_the_node_keeps_serving(ros_process, town, bun
         refused = set_param("search.top_k", 500)
         assert not refused.successful and "top_k" in refused.reason
         assert set_param("search.top_k", 3).successful
-        count = len(matches)
-        pub.publish(image_msg(good.rgb(), good.stamp_ns + 1))
-        assert ros.spin_until(lambda: len(matches) > count, 20.0, proc)
+        send_until_answered(ros, pub, image_msg(good.rgb(), good.stamp_ns + 1), matches, proc)
         assert matches[-1][1].width == 3, "top_k changed at run time"
         diagnostics = ros.record(DiagnosticArray, "/diagnostics")
         assert ros.spin_until(lambda: bool(diagnostics), 5.0, proc)
