@@ -26,8 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vpr_ros.errors import BackendError, InputError
+from vpr_ros.evaluation.ground_truth import check_same_frame
 from vpr_ros.evaluation.offline import TOP_K, settings_arguments, settings_from
-from vpr_ros.evaluation.session import check_bag, prepare
+from vpr_ros.evaluation.session import prepare
 from vpr_ros.rosbag_source import BagInfo, bag_info
 
 NAMESPACE = "/vpr"
@@ -68,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InputError(f"--rate must be > 0, got {args.rate}")
         inputs = prepare(args.map, args.model, args.out, args.overwrite, settings_from(args), args.threshold)
         info = bag_info(args.bag)
-        check_bag(inputs, info)
+        check_same_frame(info, inputs.place_map, inputs.map_dir)
         commands = _commands(args, info)
     except (InputError, BackendError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -30,9 +30,9 @@ from vpr_ros.cli import add_bag_topic_arguments, run
 from vpr_ros.errors import InputError
 from vpr_ros.evaluation import raw_pixels
 from vpr_ros.evaluation.answers import AnswerLog
-from vpr_ros.evaluation.ground_truth import TruthRecorder, open_query_bag
+from vpr_ros.evaluation.ground_truth import TruthRecorder, check_same_frame, open_query_bag
 from vpr_ros.evaluation.metrics import EvalSettings
-from vpr_ros.evaluation.session import EvalInputs, check_bag, finish, prepare
+from vpr_ros.evaluation.session import EvalInputs, finish, prepare
 from vpr_ros.image_codec import ImageConversionError
 from vpr_ros.pose_sync import DEFAULT_TOLERANCE_S
 from vpr_ros.rosbag_source import Frame, FrameStream, bag_info, iter_frames
@@ -122,7 +122,7 @@ def _evaluate(args: argparse.Namespace) -> str:
         raise InputError("--baseline raw-pixels needs --map-bag, the bag the map was built from")
     inputs = prepare(args.map, args.model, args.out, args.overwrite, settings_from(args), args.threshold)
     info, stream = open_query_bag(args.bag, args.image_topic, args.pose_topic, args.sync_tolerance)
-    check_bag(inputs, info)
+    check_same_frame(info, inputs.place_map, inputs.map_dir)
     truth = TruthRecorder(info)
     frames = _progress(stream, info.image_count, "evaluating", args.quiet)
     if baseline:

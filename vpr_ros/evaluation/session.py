@@ -14,12 +14,11 @@ from pathlib import Path
 
 from vpr_ros.bundle import ModelBundle, load_bundle
 from vpr_ros.evaluation.answers import Answers
-from vpr_ros.evaluation.ground_truth import GroundTruth, check_same_frame
+from vpr_ros.evaluation.ground_truth import GroundTruth
 from vpr_ros.evaluation.metrics import EvalSettings, evaluate
 from vpr_ros.evaluation.report import check_report_dir, summary, write_report
 from vpr_ros.place_map import PlaceMap
 from vpr_ros.pose_estimate import resolve_threshold
-from vpr_ros.rosbag_source import BagInfo
 
 
 @dataclass(frozen=True)
@@ -59,10 +58,6 @@ def prepare(
     return EvalInputs(
         Path(map_dir), place_map, bundle, replace(settings, threshold=threshold), out, overwrite
     )
-
-
-def check_bag(inputs: EvalInputs, info: BagInfo) -> None:
-    check_same_frame(info, inputs.place_map, inputs.map_dir)
 
 
 def finish(inputs: EvalInputs, truth: GroundTruth, answers: Answers, mode: str) -> str:

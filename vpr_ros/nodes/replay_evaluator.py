@@ -26,9 +26,9 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from vpr_ros import match_table
 from vpr_ros.errors import BackendError, InputError
 from vpr_ros.evaluation.answers import AnswerLog
-from vpr_ros.evaluation.ground_truth import read_ground_truth
+from vpr_ros.evaluation.ground_truth import check_same_frame, read_ground_truth
 from vpr_ros.evaluation.metrics import EvalSettings
-from vpr_ros.evaluation.session import check_bag, finish, prepare
+from vpr_ros.evaluation.session import finish, prepare
 from vpr_ros.nodes import params as P
 from vpr_ros.nodes.common import stamp_ns
 
@@ -63,7 +63,7 @@ class ReplayEvaluator(Node):
             cfg["input.pose_topic"] or None,
             cfg["input.sync_tolerance_s"],
         )
-        check_bag(self.inputs, self.truth.info)
+        check_same_frame(self.truth.info, self.inputs.place_map, self.inputs.map_dir)
         self.config = cfg
         self.expected = {int(s) for s in self.truth.stamps_ns}
         self.log = AnswerLog("cosine")
