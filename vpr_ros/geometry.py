@@ -84,3 +84,8 @@ def yaw_of(q: np.ndarray) -> np.ndarray | float:
     x, y, z, w = np.moveaxis(quat_normalize(q), -1, 0)
     yaw = np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
     return float(yaw) if np.ndim(yaw) == 0 else yaw
+
+
+def yaw_difference(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
+    """Absolute heading difference in radians, wrapped: +179 and -179 degrees are 2 degrees apart."""
+    return np.abs((np.asarray(a) - b + np.pi) % (2.0 * np.pi) - np.pi)

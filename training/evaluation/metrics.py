@@ -22,6 +22,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from training.datasets.base import PlaceDataset
+from vpr_ros.geometry import yaw_difference
 
 DEFAULT_NS = (1, 5, 10, 20)
 _NORM_TOLERANCE = 1e-3
@@ -64,11 +65,6 @@ def search(db_desc: np.ndarray, q_desc: np.ndarray, k: int) -> tuple[np.ndarray,
     return similarities, indices.astype(np.int64)
 
 
-def _yaw_difference(a: np.ndarray, b: float) -> np.ndarray:
-    """Absolute heading difference in radians, wrapped so that +179 and -179 degrees are 2 apart."""
-    return np.abs((a - b + np.pi) % (2.0 * np.pi) - np.pi)
-
-
 def positives(
     dataset: PlaceDataset, distance_m: float | None = None, angle_deg: float | None = None
 ) -> list[np.ndarray]:
@@ -92,7 +88,7 @@ def positives(
         if angle_deg is not None and not np.isnan(q.yaw[i]) and len(near):
             db_yaw = db.yaw[near]
             unknown = np.isnan(db_yaw)
-            close = _yaw_difference(np.where(unknown, 0.0, db_yaw), q.yaw[i]) <= np.deg2rad(angle_deg)
+            close = yaw_difference(np.where(unknown, 0.0, db_yaw), q.yaw[i]) <= np.deg2rad(angle_deg)
             near = near[unknown | close]
         result.append(near)
     return result

@@ -40,7 +40,7 @@ import numpy as np
 from vpr_ros.errors import InputError
 from vpr_ros.evaluation.answers import Answers
 from vpr_ros.evaluation.ground_truth import GroundTruth
-from vpr_ros.geometry import yaw_of
+from vpr_ros.geometry import yaw_difference, yaw_of
 from vpr_ros.place_map import PlaceMap
 from vpr_ros.pose_estimate import estimate_pose
 
@@ -105,10 +105,12 @@ def evaluate(place_map: PlaceMap, truth: GroundTruth, answers: Answers, settings
     rows = answer_of[answered]
     ids, scores = answers.ids[rows], answers.scores[rows]
     positions, yaws = truth.positions[answered], yaw_of(truth.orientations[answered])
-    correct_d = _correct(place_map, ids, positions, yaws, settings.distance_m, None)
-    correct = _correct(place_map, ids, positions, yaws, settings.distance_m, settings.angle_deg)
-    on_route = _has_correct(place_map, positions, yaws, settings.distance_m, settings.angle_deg)
-    on_route_d = _has_correct(place_map, positions, yaws, settings.distance_m, None)
+    map_yaws = yaw_of(place_map.orientations)
+    correct_d = _correct(place_map, map_yaws, ids, positions, yaws, settings.distance_m, None)
+    correct = _correct(place_map, map_yaws, ids, positions, yaws, settings.distance_m, settings.angle_deg)
+    on_route_d, on_route = _on_route(
+        place_map, map_yaws, positions, yaws, settings.distance_m, settings.angle_deg
+    )
     top1_error = _top1_error(place_map, ids[:, 0] if ids.shape[1] else np.full(len(ids), -1), positions)
     top_score = np.where(np.isnan(scores[:, 0]), -np.inf, scores[:, 0]) if scores.shape[1] else None
 
@@ -134,7 +136,7 @@ def evaluate(place_map: PlaceMap, truth: GroundTruth, answers: Answers, settings
         "map": {"keyframes": len(place_map), "median_spacing_m": _median_spacing(place_map)},
         "recall": recall,
         "localization": _accuracy_curve(top1_error[on_route], settings.curve_max_m),
-        "spacing": _spacing_sweep(place_map, ids, positions, yaws, on_route, settings),
+        "spacing": _spacing_sweep(place_map, map_yaws, ids, positions, yaws, on_route, settings),
         "pose_estimates": estimates,
         "unknown_place": _unknown_place(
             top_score, correct[:, 0] if ids.shape[1] else None, on_route, settings
@@ -150,6 +152,7 @@ def evaluate(place_map: PlaceMap, truth: GroundTruth, answers: Answers, settings
 
 def _correct(
     place_map: PlaceMap,
+    map_yaws: np.ndarray,
     ids: np.ndarray,
     positions: np.ndarray,
     yaws: np.ndarray,
@@ -162,14 +165,21 @@ def _correct(
     near = np.linalg.norm(place_map.positions[safe] - positions[:, None, :], axis=2) <= distance_m
     ok = valid & near
     if angle_deg is not None:
-        ok &= _yaw_gap(yaw_of(place_map.orientations)[safe], yaws[:, None]) <= math.radians(angle_deg)
+        ok &= yaw_difference(map_yaws[safe], yaws[:, None]) <= math.radians(angle_deg)
     return ok
 
 
-def _has_correct(
-    place_map: PlaceMap, positions: np.ndarray, yaws: np.ndarray, distance_m: float, angle_deg: float | None
-) -> np.ndarray:
-    """[Q]: does the map hold any correct keyframe for the query (a range search over positions)."""
+def _on_route(
+    place_map: PlaceMap,
+    map_yaws: np.ndarray,
+    positions: np.ndarray,
+    yaws: np.ndarray,
+    distance_m: float,
+    angle_deg: float | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """[Q] twice: does the map hold a keyframe within ``distance_m`` of the query, and one that is
+    also within ``angle_deg`` of its heading (the same as the first without an angle). One range
+    search over the keyframe positions serves both."""
     # float32 search around a common origin (UTM-sized coordinates would lose centimetres), with a
     # margin; the exact float64 check below removes the extras
     origin = place_map.positions.mean(axis=0)
@@ -177,20 +187,19 @@ def _has_correct(
     index.add(np.ascontiguousarray(place_map.positions - origin, dtype=np.float32))
     margin = (distance_m * (1 + 1e-4) + 1e-2) ** 2
     limits, _, found = index.range_search(np.ascontiguousarray(positions - origin, dtype=np.float32), margin)
-    map_yaws = yaw_of(place_map.orientations)
-    result = np.zeros(len(positions), dtype=bool)
+    by_distance = np.zeros(len(positions), dtype=bool)
+    by_heading = np.zeros(len(positions), dtype=bool)
     for i in range(len(positions)):
         candidates = found[limits[i] : limits[i + 1]]
-        ok = np.linalg.norm(place_map.positions[candidates] - positions[i], axis=1) <= distance_m
+        near = np.linalg.norm(place_map.positions[candidates] - positions[i], axis=1) <= distance_m
         if angle_deg is not None:
-            ok &= _yaw_gap(map_yaws[candidates], yaws[i]) <= math.radians(angle_deg)
-        result[i] = ok.any()
-    return result
-
-
-def _yaw_gap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Absolute heading difference in radians, wrapped: +179 and -179 degrees are 2 apart."""
-    return np.abs((a - b + np.pi) % (2.0 * np.pi) - np.pi)
+            near_and_facing = near & (
+                yaw_difference(map_yaws[candidates], yaws[i]) <= math.radians(angle_deg)
+            )
+        else:
+            near_and_facing = near
+        by_distance[i], by_heading[i] = near.any(), near_and_facing.any()
+    return by_distance, by_heading
 
 
 def _top1_error(place_map: PlaceMap, top1: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -237,6 +246,7 @@ def thin_keyframes(positions: np.ndarray, spacing_m: float) -> np.ndarray:
 
 def _spacing_sweep(
     place_map: PlaceMap,
+    map_yaws: np.ndarray,
     ids: np.ndarray,
     positions: np.ndarray,
     yaws: np.ndarray,
@@ -252,7 +262,9 @@ def _spacing_sweep(
         member = np.isin(ids, kept) & (ids >= 0)
         found = member.any(axis=1)
         first = np.where(found, ids[np.arange(len(ids)), member.argmax(axis=1)], -1)[:, None]
-        hit = _correct(place_map, first, positions, yaws, settings.distance_m, settings.angle_deg)[:, 0]
+        hit = _correct(place_map, map_yaws, first, positions, yaws, settings.distance_m, settings.angle_deg)[
+            :, 0
+        ]
         rows.append(
             {
                 "spacing_m": base if spacing is None else float(spacing),
