@@ -19,12 +19,14 @@ drops counted by the node, and the node's resident memory every ``--sample-s`` s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -91,41 +93,51 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def latency_run(bundle: Path, place_map: Path, images: list[np.ndarray], frames: int) -> dict:
-    """One process per transport setting (Fast DDS reads the variable at start)."""
+@contextlib.contextmanager
+def localizer_session(bundle: Path, place_map: Path, name: str) -> Iterator[tuple]:
+    """The localizer as its own process and a harness publishing to it:
+    ``(process, harness, match tables, diagnostics, image publisher)``; the process is stopped after."""
     from diagnostic_msgs.msg import DiagnosticArray
-    from ros_harness import RosHarness, image_msg, stamp_of
+    from ros_harness import RosHarness
     from sensor_msgs.msg import Image, PointCloud2
 
     proc = start_localizer(bundle, place_map, dict(os.environ))
     try:
-        with RosHarness("latency_bench") as ros:
+        with RosHarness(name) as ros:
             matches = ros.record(PointCloud2, "/vpr/vpr_localizer/matches")
             diagnostics = ros.record(DiagnosticArray, "/diagnostics")
             pub = ros.publisher(Image, "/bench/image")
             if not ros.wait_for_subscribers("/bench/image", timeout_s=60):
                 raise RuntimeError(f"the localizer did not subscribe: {LOG.read_text()[-2000:]}")
-            e2e, resent = [], 0
-            for i in range(frames + 5):  # 5 warm-up frames
-                stamp = 1_000_000_000 + i
-                msg = image_msg(images[i % len(images)], stamp)
-                sent = time.monotonic()
-                pub.publish(msg)
-                while not ros.spin_until(
-                    lambda s=stamp: bool(matches) and stamp_of(matches[-1][1]) == s, 1.0, proc
-                ):
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"the localizer exited: {LOG.read_text()[-2000:]}")
-                    sent = time.monotonic()
-                    pub.publish(msg)  # lost (best effort): send again, and count it
-                    resent += 1
-                if i >= 5:
-                    e2e.append(matches[-1][0] - sent)
-            ros.spin_until(lambda: False, 1.5)
-            values = node_values(diagnostics)
+            yield proc, ros, matches, diagnostics, pub
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def latency_run(bundle: Path, place_map: Path, images: list[np.ndarray], frames: int) -> dict:
+    """One process per transport setting (Fast DDS reads the variable at start)."""
+    from ros_harness import image_msg, stamp_of
+
+    with localizer_session(bundle, place_map, "latency_bench") as (proc, ros, matches, diagnostics, pub):
+        e2e, resent = [], 0
+        for i in range(frames + 5):  # 5 warm-up frames
+            stamp = 1_000_000_000 + i
+            msg = image_msg(images[i % len(images)], stamp)
+            sent = time.monotonic()
+            pub.publish(msg)
+            while not ros.spin_until(
+                lambda s=stamp: bool(matches) and stamp_of(matches[-1][1]) == s, 1.0, proc
+            ):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the localizer exited: {LOG.read_text()[-2000:]}")
+                sent = time.monotonic()
+                pub.publish(msg)  # lost (best effort): send again, and count it
+                resent += 1
+            if i >= 5:
+                e2e.append(matches[-1][0] - sent)
+        ros.spin_until(lambda: False, 1.5)
+        values = node_values(diagnostics)
     e2e_ms = np.array(e2e) * 1e3
     return {
         "resent": resent,
@@ -153,56 +165,42 @@ def bare_backend_ms(bundle: Path, images: list[np.ndarray], repeats: int = 60) -
 
 
 def overload_run(bundle: Path, place_map: Path, images: list[np.ndarray], args) -> None:
-    from diagnostic_msgs.msg import DiagnosticArray
-    from ros_harness import RosHarness, image_msg, stamp_of
-    from sensor_msgs.msg import Image, PointCloud2
+    from ros_harness import image_msg, stamp_of
 
-    proc = start_localizer(bundle, place_map, dict(os.environ))
-    try:
-        with RosHarness("overload_bench") as ros:
-            matches = ros.record(PointCloud2, "/vpr/vpr_localizer/matches")
-            diagnostics = ros.record(DiagnosticArray, "/diagnostics")
-            pub = ros.publisher(Image, "/bench/image")
-            if not ros.wait_for_subscribers("/bench/image", timeout_s=60):
-                raise RuntimeError(f"the localizer did not subscribe: {LOG.read_text()[-2000:]}")
-            sent: dict[int, float] = {}
-            start, period, i = time.monotonic(), 1.0 / args.rate, 0
-            next_sample, samples = start, []
-            print("| t s | sent | answered | dropped (node) | latency p50 ms | p99 ms | node RSS MB |")
-            print("|---|---|---|---|---|---|---|")
-            while time.monotonic() - start < args.seconds:
-                due = start + i * period
-                ros.spin_until(lambda due=due: time.monotonic() >= due, 1.0)
-                stamp = 1_000_000_000 + i
-                sent[stamp] = time.monotonic()
-                pub.publish(image_msg(images[i % len(images)], stamp))
-                i += 1
-                if time.monotonic() >= next_sample and diagnostics:
-                    window = [t - sent[stamp_of(m)] for t, m in matches[-100:]]
-                    values = node_values(diagnostics)
-                    row = (
-                        time.monotonic() - start,
-                        i,
-                        len(matches),
-                        values["frames dropped (newer frame arrived)"],
-                    )
-                    p50, p99 = (np.percentile(window, q) * 1e3 if window else float("nan") for q in (50, 99))
-                    samples.append(rss_mb(proc.pid))
-                    cells = [
-                        f"{row[0]:.0f}",
-                        *map(str, row[1:]),
-                        f"{p50:.0f}",
-                        f"{p99:.0f}",
-                        f"{samples[-1]:.0f}",
-                    ]
-                    print("| " + " | ".join(cells) + " |", flush=True)
-                    next_sample += args.sample_s
-            print(
-                f"RSS first/last sample: {samples[0]:.0f} / {samples[-1]:.0f} MB; max {max(samples):.0f} MB"
-            )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with localizer_session(bundle, place_map, "overload_bench") as (proc, ros, matches, diagnostics, pub):
+        sent: dict[int, float] = {}
+        start, period, i = time.monotonic(), 1.0 / args.rate, 0
+        next_sample, samples = start, []
+        print("| t s | sent | answered | dropped (node) | latency p50 ms | p99 ms | node RSS MB |")
+        print("|---|---|---|---|---|---|---|")
+        while time.monotonic() - start < args.seconds:
+            due = start + i * period
+            ros.spin_until(lambda due=due: time.monotonic() >= due, 1.0)
+            stamp = 1_000_000_000 + i
+            sent[stamp] = time.monotonic()
+            pub.publish(image_msg(images[i % len(images)], stamp))
+            i += 1
+            if time.monotonic() >= next_sample and diagnostics:
+                window = [t - sent[stamp_of(m)] for t, m in matches[-100:]]
+                values = node_values(diagnostics)
+                row = (
+                    time.monotonic() - start,
+                    i,
+                    len(matches),
+                    values["frames dropped (newer frame arrived)"],
+                )
+                p50, p99 = (np.percentile(window, q) * 1e3 if window else float("nan") for q in (50, 99))
+                samples.append(rss_mb(proc.pid))
+                cells = [
+                    f"{row[0]:.0f}",
+                    *map(str, row[1:]),
+                    f"{p50:.0f}",
+                    f"{p99:.0f}",
+                    f"{samples[-1]:.0f}",
+                ]
+                print("| " + " | ".join(cells) + " |", flush=True)
+                next_sample += args.sample_s
+        print(f"RSS first/last sample: {samples[0]:.0f} / {samples[-1]:.0f} MB; max {max(samples):.0f} MB")
 
 
 def main() -> None:
