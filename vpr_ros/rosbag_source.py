@@ -41,10 +41,13 @@ __all__ = [
     "FrameStream",
     "bag_info",
     "bag_topics",
+    "check_increasing",
+    "choose_topic",
     "choose_topics",
     "iter_frames",
     "iter_raw",
     "parse_extrinsic",
+    "topic_listing",
 ]
 
 log = logging.getLogger(__name__)
@@ -118,27 +121,32 @@ def bag_topics(path: Path | str) -> dict[str, str]:
         return {c.topic: c.msgtype for c in reader.connections}
 
 
-def _listing(topics: dict[str, str]) -> str:
+def topic_listing(topics: dict[str, str]) -> str:
+    """``/a (pkg/msg/A), /b (pkg/msg/B)``: what an error about a missing topic shows."""
     return ", ".join(f"{name} ({msgtype})" for name, msgtype in sorted(topics.items())) or "no topics"
 
 
-def _choose(topics: dict[str, str], given: str | None, types: tuple[str, ...], kind: str) -> tuple[str, str]:
-    """The ``given`` topic (checked) or the only topic of one of ``types``."""
+def choose_topic(
+    topics: dict[str, str], given: str | None, types: tuple[str, ...], kind: str, option: str | None = None
+) -> tuple[str, str]:
+    """``(topic, type)``: the ``given`` topic (checked) or the only topic of one of ``types``; an
+    InputError listing the bag's topics otherwise, telling to choose with ``option`` (default
+    ``--<kind>-topic``)."""
     if given is not None:
         if topics.get(given) not in types:
             found = f"is {topics[given]}" if given in topics else "is not in the bag"
             raise InputError(
                 f"{kind} topic {given} {found}; expected one of {', '.join(types)}. The bag has: "
-                f"{_listing(topics)}"
+                f"{topic_listing(topics)}"
             )
         return given, topics[given]
     matching = sorted(name for name, msgtype in topics.items() if msgtype in types)
     if not matching:
-        raise InputError(f"no {kind} topic ({' or '.join(types)}); the bag has: {_listing(topics)}")
+        raise InputError(f"no {kind} topic ({' or '.join(types)}); the bag has: {topic_listing(topics)}")
     if len(matching) > 1:
         raise InputError(
-            f"{len(matching)} {kind} topics ({', '.join(matching)}); choose one with --{kind}-topic. "
-            f"The bag has: {_listing(topics)}"
+            f"{len(matching)} {kind} topics ({', '.join(matching)}); choose one with "
+            f"{option or f'--{kind}-topic'}. The bag has: {topic_listing(topics)}"
         )
     return matching[0], topics[matching[0]]
 
@@ -148,8 +156,8 @@ def choose_topics(
 ) -> tuple[str, str, str, str]:
     """``(image_topic, image_type, pose_topic, pose_type)``: the given topics (checked) or the only
     topic of each kind. Absence or ambiguity is an InputError listing the bag's topics."""
-    image = _choose(topics, image_topic, IMAGE_TYPES, "image")
-    pose = _choose(topics, pose_topic, POSE_TYPES, "pose")
+    image = choose_topic(topics, image_topic, IMAGE_TYPES, "image")
+    pose = choose_topic(topics, pose_topic, POSE_TYPES, "pose")
     return (*image, *pose)
 
 
@@ -195,7 +203,9 @@ def iter_raw(path: Path | str, topics: Sequence[str]) -> Iterator[tuple[str, str
         present = {c.topic: c.msgtype for c in reader.connections}
         missing = sorted(set(topics) - set(present))
         if missing:
-            raise InputError(f"bag {path}: no topic {', '.join(missing)}; the bag has: {_listing(present)}")
+            raise InputError(
+                f"bag {path}: no topic {', '.join(missing)}; the bag has: {topic_listing(present)}"
+            )
         wanted = [c for c in reader.connections if c.topic in topics]
         for connection, timestamp, data in reader.messages(connections=wanted):
             yield connection.topic, connection.msgtype, timestamp, bytes(data)
@@ -216,6 +226,19 @@ def parse_extrinsic(values: str | Sequence[float]) -> tuple[np.ndarray, np.ndarr
         return np.array(numbers[:3]), quat_normalize(np.array(numbers[3:]))
     except InputError as exc:
         raise InputError(f"camera extrinsic {values!r:.80}: {exc}") from None
+
+
+def check_increasing(path: Path, topic: str, index: int, previous_stamp: int | None, stamp_ns: int) -> None:
+    """Image header stamps must increase: a repeated or earlier stamp means the recording's clock or
+    order is broken, and pairing by stamp (poses, or a localizer's answers) would be silently wrong.
+    ``index`` counts the topic's messages from 0."""
+    if previous_stamp is not None and stamp_ns <= previous_stamp:
+        how = "repeats" if stamp_ns == previous_stamp else "goes back from"
+        raise InputError(
+            f"bag {path}: header stamps on {topic} are not increasing: message {index} has stamp "
+            f"{stamp_ns} ns, which {how} {previous_stamp} ns of message {index - 1}; re-record the bag, "
+            "or reindex it in stamp order"
+        )
 
 
 class FrameStream(Iterator[Frame]):
@@ -259,7 +282,7 @@ class FrameStream(Iterator[Frame]):
                     pairs = self._add_pose(pose_index, stamp_ns, msg, connection.msgtype)
                     pose_index += 1
                 else:
-                    self._check_order(previous_stamp, stamp_ns)
+                    check_increasing(self.path, self.image_topic, self.images_read, previous_stamp, stamp_ns)
                     previous_stamp = stamp_ns
                     pairs = self.pairer.add_image(stamp_ns, (self.images_read, msg))
                     self.images_read += 1
@@ -274,17 +297,6 @@ class FrameStream(Iterator[Frame]):
             self.bad_poses += 1
             log.warning("bag %s: %s message %d skipped: %s", self.path, self.pose_topic, index, exc)
             return []
-
-    def _check_order(self, previous_stamp: int | None, stamp_ns: int) -> None:
-        """Image header stamps must increase: a repeated or earlier stamp means the recording's
-        clock or order is broken, and pairing (and a later evaluation) would be silently wrong."""
-        if previous_stamp is not None and stamp_ns <= previous_stamp:
-            how = "repeats" if stamp_ns == previous_stamp else "goes back from"
-            raise InputError(
-                f"bag {self.path}: header stamps on {self.image_topic} are not increasing: message "
-                f"{self.images_read} has stamp {stamp_ns} ns, which {how} {previous_stamp} ns of message "
-                f"{self.images_read - 1}; re-record the bag, or reindex it in stamp order"
-            )
 
     def _frame(self, pair: Pair) -> Frame:
         index, msg = pair.payload

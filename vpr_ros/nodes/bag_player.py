@@ -63,7 +63,14 @@ from sensor_msgs.msg import PointCloud2
 from vpr_ros.errors import InputError
 from vpr_ros.nodes import params as P
 from vpr_ros.nodes.common import stamp_ns
-from vpr_ros.rosbag_source import IMAGE_TYPES, bag_topics, iter_raw
+from vpr_ros.rosbag_source import (
+    IMAGE_TYPES,
+    bag_topics,
+    check_increasing,
+    choose_topic,
+    iter_raw,
+    topic_listing,
+)
 
 PARAMS: tuple[P.Param, ...] = (
     P.Param("bag", "", "rosbag2 directory to play; required"),
@@ -138,25 +145,12 @@ def message_class(msgtype: str) -> type | None:
         return None
 
 
-def _listing(topics: dict[str, str]) -> str:
-    return ", ".join(f"{name} ({msgtype})" for name, msgtype in sorted(topics.items())) or "no topics"
-
-
 def choose_image_topic(bag: Path, topics: dict[str, str], given: str) -> str:
     """``given`` (checked) or the bag's only image topic; otherwise an InputError listing the topics."""
-    images = sorted(name for name, msgtype in topics.items() if msgtype in IMAGE_TYPES)
-    if given:
-        if given not in images:
-            found = f"is {topics[given]}" if given in topics else "is not in the bag"
-            raise InputError(f"bag {bag}: image_topic {given} {found}; the bag has: {_listing(topics)}")
-        return given
-    if len(images) != 1:
-        how = "no image topic" if not images else f"{len(images)} image topics"
-        raise InputError(
-            f"bag {bag}: {how} ({' or '.join(IMAGE_TYPES)}); choose one with -p image_topic:=<topic>. "
-            f"The bag has: {_listing(topics)}"
-        )
-    return images[0]
+    try:
+        return choose_topic(topics, given or None, IMAGE_TYPES, "image", "-p image_topic:=<topic>")[0]
+    except InputError as exc:
+        raise InputError(f"bag {bag}: {exc}") from None
 
 
 def plan(config: dict[str, P.Value], requested: list[str]) -> Plan:
@@ -167,31 +161,28 @@ def plan(config: dict[str, P.Value], requested: list[str]) -> Plan:
     image_topic = choose_image_topic(bag, topics, str(config["image_topic"]))
     missing = sorted(set(requested) - set(topics))
     if missing:
-        raise InputError(f"bag {bag}: topics {', '.join(missing)} not in the bag; it has: {_listing(topics)}")
+        raise InputError(
+            f"bag {bag}: topics {', '.join(missing)} not in the bag; it has: {topic_listing(topics)}"
+        )
     wanted = {name: topics[name] for name in (requested or topics)} | {image_topic: topics[image_topic]}
     classes = {name: message_class(msgtype) for name, msgtype in wanted.items()}
     skipped = {name: wanted[name] for name, cls in classes.items() if cls is None}
     if skipped and (requested or image_topic in skipped):
-        raise InputError(f"bag {bag}: no message type in this Python for {_listing(skipped)}")
+        raise InputError(f"bag {bag}: no message type in this Python for {topic_listing(skipped)}")
     count = check_stamps(bag, image_topic)
     return Plan(bag, image_topic, {n: c for n, c in classes.items() if c is not None}, count, skipped)
 
 
 def check_stamps(bag: Path, image_topic: str) -> int:
-    """The number of images; InputError when a header stamp repeats or goes back, or none is there."""
+    """The number of images; InputError when a header stamp repeats or goes back (answers are paired
+    by stamp), or none is there."""
     previous, count = None, 0
     for index, (_, _, _, data) in enumerate(iter_raw(bag, [image_topic])):
         try:
             stamp = header_stamp_ns(data)
         except ValueError as exc:
             raise InputError(f"bag {bag}: {image_topic} message {index}: {exc}") from None
-        if previous is not None and stamp <= previous:
-            how = "repeats" if stamp == previous else "goes back from"
-            raise InputError(
-                f"bag {bag}: header stamps on {image_topic} are not increasing: message {index} has stamp "
-                f"{stamp} ns, which {how} {previous} ns of message {index - 1}; answers are paired by "
-                "stamp, so re-record the bag, or reindex it in stamp order"
-            )
+        check_increasing(bag, image_topic, index, previous, stamp)
         previous, count = stamp, count + 1
     if count == 0:
         raise InputError(f"bag {bag}: topic {image_topic} has no messages")
@@ -208,7 +199,7 @@ class BagPlayer(Node):
         self.plan = plan(self.config, requested)
         if self.plan.skipped:
             self.get_logger().warning(
-                f"not played (no message type in this Python): {_listing(self.plan.skipped)}"
+                f"not played (no message type in this Python): {topic_listing(self.plan.skipped)}"
             )
         self.flow = self.config["mode"] == "flow"
         self._pubs = {
