@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +45,11 @@ __all__ = [
     "check_increasing",
     "choose_topic",
     "choose_topics",
+    "frame_source",
     "iter_frames",
     "iter_raw",
     "parse_extrinsic",
+    "parse_frame_source",
     "topic_listing",
 ]
 
@@ -228,6 +231,20 @@ def parse_extrinsic(values: str | Sequence[float]) -> tuple[np.ndarray, np.ndarr
         raise InputError(f"camera extrinsic {values!r:.80}: {exc}") from None
 
 
+_SOURCE = re.compile(r"^(?P<bag>.*):(?P<topic>/.*)#(?P<index>\d+)$")
+
+
+def frame_source(path: Path, topic: str, index: int) -> str:
+    """``<bag name>:<topic>#<index>``: where a frame came from, as a map's keyframes.csv records it."""
+    return f"{path.name}:{topic}#{index}"
+
+
+def parse_frame_source(source: str) -> tuple[str, str, int] | None:
+    """``(bag name, topic, index)`` of a :func:`frame_source` string; None for any other text."""
+    match = _SOURCE.match(source)
+    return None if match is None else (match["bag"], match["topic"], int(match["index"]))
+
+
 def check_increasing(path: Path, topic: str, index: int, previous_stamp: int | None, stamp_ns: int) -> None:
     """Image header stamps must increase: a repeated or earlier stamp means the recording's clock or
     order is broken, and pairing by stamp (poses, or a localizer's answers) would be silently wrong.
@@ -303,7 +320,7 @@ class FrameStream(Iterator[Frame]):
         position, orientation = pair.position, pair.orientation
         if self.extrinsic is not None:
             position, orientation = compose(position, orientation, *self.extrinsic)
-        source = f"{self.path.name}:{self.image_topic}#{index}"
+        source = frame_source(self.path, self.image_topic, index)
         return Frame(index, pair.stamp_ns, position, orientation, pair.pose_stamp_ns, msg, source)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -35,7 +34,7 @@ from vpr_ros.evaluation.metrics import EvalSettings
 from vpr_ros.evaluation.session import EvalInputs, finish, prepare
 from vpr_ros.image_codec import ImageConversionError
 from vpr_ros.pose_sync import DEFAULT_TOLERANCE_S
-from vpr_ros.rosbag_source import Frame, FrameStream, bag_info, iter_frames
+from vpr_ros.rosbag_source import Frame, FrameStream, bag_info, iter_frames, parse_frame_source
 
 DESCRIPTION = """\
 Localize every frame of a recorded query run (rosbag2: camera images + ground-truth poses) against a
@@ -50,7 +49,6 @@ examples:
 exit status: 0 report written, 2 bad input (one line on stderr, nothing written), 130 interrupted."""
 
 TOP_K = 20  # recall@20 needs 20 results
-_SOURCE = re.compile(r"^(?P<bag>.*):(?P<topic>/.*)#(?P<index>\d+)$")
 
 
 def settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -188,14 +186,14 @@ def _keyframe_thumbnails(inputs: EvalInputs, map_bag: Path, tolerance_s: float) 
     wanted: dict[int, int] = {}  # image message index -> keyframe id
     topics = set()
     for keyframe, source in enumerate(inputs.place_map.sources):
-        match = _SOURCE.match(source)
-        if match is None or match["bag"] != map_bag.name:
+        parsed = parse_frame_source(source)
+        if parsed is None or parsed[0] != map_bag.name:
             raise InputError(
                 f"--map-bag {map_bag}: keyframe {keyframe} of map {inputs.map_dir} comes from '{source}', "
                 "not from this bag; pass the bag the map was built from"
             )
-        wanted[int(match["index"])] = keyframe
-        topics.add(match["topic"])
+        wanted[parsed[2]] = keyframe
+        topics.add(parsed[1])
     info = bag_info(map_bag, topics.pop() if len(topics) == 1 else None)
     database: list[np.ndarray | None] = [None] * len(inputs.place_map)
     for frame in iter_frames(info.path, info.image_topic, info.pose_topic, tolerance_s):
