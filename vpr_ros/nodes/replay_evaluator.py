@@ -3,12 +3,24 @@
 It reads the ground truth from the bag being replayed (every image's pose, paired as the mapper
 pairs them), listens to the localizer's ``~/matches`` (remap ``matches``) and to the bag's image
 topic, and pairs each answer with its frame by the image header stamp, which the localizer copies
-into its answer. Latency is the time from the image's arrival here to the answer's arrival
-(both sides hear the same publication). When every frame with ground truth has been answered, or
-no answer came for ``eval.idle_timeout_s`` (a replay at the recorded rate loses frames to a slow
-model, or ``ros2 bag play`` ended), it writes the report (:mod:`vpr_ros.evaluation.report`) and
-exits 0; Ctrl-C writes the report of what arrived so far. Works with ``vpr_bag_player`` (flow
-control or a rate) or ``ros2 bag play`` alike. Parameters: ``config/replay_evaluator.yaml``.
+into its answer. Latency is the time from the image's publication (its DDS source timestamp) to
+the answer's arrival here (its reception timestamp): the middleware's own times, so neither the
+order in which this node runs its callbacks nor a late re-delivery of an image enters it (player
+and evaluator share a clock on one machine; across machines, synchronise the clocks).
+
+The image subscription is made only once the answer subscription has matched the localizer's
+publisher: a player that waits for the evaluator as an image subscriber (``vpr_bag_player``
+``wait_for_subscribers``) then cannot send frames whose answers would go out before the evaluator
+could hear them (DDS does not keep them for a late reader; on a loaded machine matching can take
+over a second). It is also made only once the image topic has a publisher, with "best available"
+reliability: reliable for a reliable player (every image timed, even on a loaded machine), best
+effort for a bag recorded from a best-effort camera.
+
+When every frame with ground truth has been answered, or no answer came for
+``eval.idle_timeout_s`` (a replay at the recorded rate loses frames to a slow model, or
+``ros2 bag play`` ended), it writes the report (:mod:`vpr_ros.evaluation.report`) and exits 0;
+Ctrl-C writes the report of what arrived so far. Works with ``vpr_bag_player`` (flow control or
+a rate) or ``ros2 bag play`` alike. Parameters: ``config/replay_evaluator.yaml``.
 """
 
 from __future__ import annotations
@@ -17,10 +29,12 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
 from vpr_ros import match_table
@@ -33,8 +47,11 @@ from vpr_ros.nodes import params as P
 from vpr_ros.nodes.common import stamp_ns
 
 REQUIRED = ("bag", "map.dir", "model.bundle_dir", "report.dir")
-# Images: hear every one the localizer may hear (best effort matches any publisher), keep a backlog.
-IMAGE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
+# Images, only timed here: reliable when every publisher is (resolved when the subscription is
+# made, hence made after a publisher was seen), best effort otherwise; a backlog, not the newest only.
+IMAGE_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.BEST_AVAILABLE
+)
 ANSWER_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -66,39 +83,55 @@ class ReplayEvaluator(Node):
         check_same_frame(self.truth.info, self.inputs.place_map, self.inputs.map_dir)
         self.config = cfg
         self.expected = {int(s) for s in self.truth.stamps_ns}
-        self.log = AnswerLog("cosine")
-        self.arrivals: dict[int, float] = {}
+        self.answers: dict[int, tuple[np.ndarray, int]] = {}  # stamp -> match table, received ns
+        self.published: dict[int, int] = {}  # image stamp -> source timestamp ns
         self.started = time.monotonic()
         self.last_answer: float | None = None
         self.done = False
         info = self.truth.info
-        image_type = CompressedImage if info.image_type.endswith("CompressedImage") else Image
-        self.create_subscription(image_type, info.image_topic, self._on_image, IMAGE_QOS)
         self.answer_sub = self.create_subscription(PointCloud2, "matches", self._on_answer, ANSWER_QOS)
-        self.create_timer(0.2, self._check_done)
+        self.image_sub = None
+        self.create_timer(0.1, self._check_done)
         self.get_logger().info(
             f"evaluating {len(self.expected)} frames of {info.path} ({info.image_topic}) from answers on "
             f"{self.answer_sub.topic_name}; report -> {self.inputs.out}"
         )
 
-    def _on_image(self, msg: Image | CompressedImage) -> None:
-        self.arrivals[stamp_ns(msg.header)] = time.monotonic()
+    def _subscribe_images_when_ready(self) -> None:
+        """Once the answers' publisher is matched and the images have a publisher (module doc)."""
+        info = self.truth.info
+        matched = getattr(self.answer_sub, "get_publisher_count", None)  # rclpy of Kilted and later
+        if self.image_sub is not None or (matched is not None and matched() == 0):
+            return
+        if self.count_publishers(info.image_topic) == 0:
+            return
+        image_type = CompressedImage if info.image_type.endswith("CompressedImage") else Image
+        self.image_sub = self.create_subscription(image_type, info.image_topic, self._on_image, IMAGE_QOS)
+        mine = [
+            e
+            for e in self.get_subscriptions_info_by_topic(info.image_topic)
+            if e.node_name == self.get_name()
+        ]
+        reliability = mine[0].qos_profile.reliability.name.lower() if mine else "unknown"
+        self.get_logger().info(f"timing images on {info.image_topic} ({reliability})")
 
-    def _on_answer(self, msg: PointCloud2) -> None:
-        now = time.monotonic()
+    def _on_image(self, msg: Image | CompressedImage, info: MessageInfo) -> None:
+        self.published[stamp_ns(msg.header)] = info["source_timestamp"]
+
+    def _on_answer(self, msg: PointCloud2, info: MessageInfo) -> None:
         stamp = stamp_ns(msg.header)
         try:
             rows = match_table.read_table(msg)
         except InputError as exc:
             self.get_logger().error(f"answer at {stamp} ignored: {exc}", throttle_duration_sec=5.0)
             return
-        arrived = self.arrivals.get(stamp)
-        self.log.add_match_table(stamp, rows, float("nan") if arrived is None else now - arrived)
-        self.last_answer = now
-        if len(self.log) % 50 == 0:
-            self.get_logger().info(f"{len(self.log)} answers for {len(self.expected)} frames")
+        self.answers[stamp] = (rows, info["received_timestamp"])  # a re-sent frame: the last answer
+        self.last_answer = time.monotonic()
+        if len(self.answers) % 50 == 0:
+            self.get_logger().info(f"{len(self.answers)} answers for {len(self.expected)} frames")
 
     def _check_done(self) -> None:
+        self._subscribe_images_when_ready()
         now = time.monotonic()
         if self.last_answer is None:
             limit = self.config["eval.start_timeout_s"]
@@ -108,12 +141,17 @@ class ReplayEvaluator(Node):
                     "is the localizer running, and 'matches' remapped to its ~/matches?"
                 )
             return
-        complete = all(s in self.log for s in self.expected)
+        complete = all(s in self.answers for s in self.expected)
         if complete or now - self.last_answer > self.config["eval.idle_timeout_s"]:
             self.done = True
 
     def report(self) -> str:
-        return finish(self.inputs, self.truth, self.log.answers(), str(self.config["run.description"]))
+        log = AnswerLog("cosine")
+        for stamp, (rows, received_ns) in self.answers.items():
+            published_ns = self.published.get(stamp)
+            latency_s = float("nan") if published_ns is None else (received_ns - published_ns) / 1e9
+            log.add_match_table(stamp, rows, latency_s)
+        return finish(self.inputs, self.truth, log.answers(), str(self.config["run.description"]))
 
 
 def main(args: list[str] | None = None) -> int:
@@ -123,10 +161,10 @@ def main(args: list[str] | None = None) -> int:
         node = ReplayEvaluator()
         _spin_until_done(node)
         if not node.done:
-            if len(node.log) == 0:
+            if len(node.answers) == 0:
                 print("interrupted before any answer arrived; no report written", file=sys.stderr)
                 return 130
-            print(f"interrupted: reporting the {len(node.log)} answers received", file=sys.stderr)
+            print(f"interrupted: reporting the {len(node.answers)} answers received", file=sys.stderr)
         print(node.report(), flush=True)
         return 0
     except (InputError, BackendError) as exc:
