@@ -302,3 +302,22 @@ def test_negative_sync_tolerance_is_refused(tmp_path, capsys, town, bundle, day_
                  + ["--out", str(tmp_path / "r"), "--sync-tolerance", "-1"])  # fmt: skip
     assert exited.value.code == 2 and "--sync-tolerance: must be >= 0" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "flag, value, named",
+    [
+        ("--distance", "-5", "distance_m"),
+        ("--angle", "nan", "angle_deg"),
+        ("--threshold", "1.5", "threshold"),
+    ],
+)
+def test_bad_metric_settings_are_refused_before_the_bag_is_read(
+    tmp_path, capsys, monkeypatch, town, bundle, day_map, flag, value, named
+) -> None:
+    def read_bag(*_: object) -> None:
+        raise AssertionError("the query bag was opened despite bad settings")
+
+    monkeypatch.setattr("vpr_ros.evaluation.offline.open_query_bag", read_bag)
+    args = ("--map", day_map, "--bag", town / "t01_dusk", "--model", bundle, flag, value)
+    assert f"evaluation setting {named}" in refused(capsys, tmp_path / "r", *args)

@@ -61,7 +61,9 @@ class EvalSettings:
     spacings_m: tuple[float, ...] = (2.0, 5.0, 10.0, 20.0)
     curve_max_m: int = 50
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
+        """Refuse bad settings when they are made, before a run spends minutes embedding frames."""
+
         def positive(name: str, value: float) -> None:
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise InputError(f"evaluation setting {name} must be a finite number > 0, got {value!r}")
@@ -92,7 +94,6 @@ class Evaluation:
 
 def evaluate(place_map: PlaceMap, truth: GroundTruth, answers: Answers, settings: EvalSettings) -> Evaluation:
     """All metrics of one query run against one map (see the module doc for the definitions)."""
-    settings.check()
     if len(place_map) == 0:
         raise InputError("evaluation: the map has no keyframes")
     where = {int(s): i for i, s in enumerate(answers.stamps_ns)}
