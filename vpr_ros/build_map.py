@@ -23,11 +23,10 @@ from vpr_ros.backends import BACKENDS, create_backend
 from vpr_ros.bundle import load_bundle
 from vpr_ros.cli import add_bag_topic_arguments, non_negative, run
 from vpr_ros.errors import InputError
-from vpr_ros.fileio import check_replaceable
 from vpr_ros.keyframes import KeyframeSelector
 from vpr_ros.map_builder import MapBuilder
 from vpr_ros.nodes.params import MAPPER
-from vpr_ros.place_map import INDEX_TYPES, PlaceMap, is_place_map
+from vpr_ros.place_map import INDEX_TYPES, PlaceMap, check_target
 from vpr_ros.rosbag_source import BagInfo, FrameStream, bag_info, iter_frames
 
 DESCRIPTION = """\
@@ -106,7 +105,7 @@ def _build(args: argparse.Namespace) -> str:
     """Check every input, read the bag through the builder, save; returns the summary line."""
     started = time.perf_counter()
     out = args.out.expanduser()
-    check_replaceable(out, args.overwrite, is_place_map, f"--out {out}", "place map")
+    check_target(out, args.overwrite, f"--out {out}", "pass --overwrite")
     bundle = load_bundle(args.model)
     info = bag_info(args.bag, args.image_topic, args.pose_topic)
     stream = iter_frames(info.path, info.image_topic, info.pose_topic, args.sync_tolerance, args.extrinsic)

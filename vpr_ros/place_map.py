@@ -283,8 +283,7 @@ class PlaceMap:
         where = f"place map {directory}"
         if len(self) == 0:
             raise MapError(f"{where}: the map has no keyframes; nothing to save")
-        sweep_leftovers(directory)
-        _check_target(directory, overwrite)
+        check_target(directory, overwrite)
         try:
             self.build_index()
         except InputError as exc:
@@ -487,11 +486,18 @@ def _seal(path: Path) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
-def _check_target(directory: Path, overwrite: bool) -> None:
-    where = f"place map {directory}"
-    if not directory.parent.is_dir():
+def check_target(
+    directory: Path, overwrite: bool, where: str | None = None, hint: str = "pass overwrite=True"
+) -> None:
+    """The checks :meth:`PlaceMap.save` makes of ``directory``, for callers to make before a run
+    spends minutes building the map: leftovers of killed saves swept, the parent directory exists,
+    and :func:`~vpr_ros.fileio.check_replaceable` (``where`` names the input in errors)."""
+    directory = Path(directory).expanduser()
+    where = where or f"place map {directory}"
+    sweep_leftovers(directory.absolute())
+    if not directory.absolute().parent.is_dir():
         raise MapError(f"{where}: the parent directory does not exist")
-    check_replaceable(directory, overwrite, is_place_map, where, "place map", "pass overwrite=True", MapError)
+    check_replaceable(directory, overwrite, is_place_map, where, "place map", hint, MapError)
 
 
 def is_place_map(directory: Path) -> bool:

@@ -32,7 +32,7 @@ from vpr_ros.map_builder import MapBuilder
 from vpr_ros.nodes import messages
 from vpr_ros.nodes import params as P
 from vpr_ros.nodes.common import CAMERA_QOS, LATCHED_QOS, VprNode, run, stamp_ns
-from vpr_ros.place_map import PlaceMap
+from vpr_ros.place_map import PlaceMap, check_target
 from vpr_ros.pose_sync import ImagePosePairer
 
 POSE_DEPTH = 50  # poses are small and come faster than images: keep enough to pair every frame
@@ -67,8 +67,7 @@ class Mapper(VprNode):
             if not cfg[name]:
                 raise InputError(f"parameter {name} is required")
         out = FsPath(str(cfg["map.dir"])).expanduser()
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg["map.overwrite"]:
-            raise InputError(f"map.dir {out} exists and is not empty; set map.overwrite to replace it")
+        check_target(out, cfg["map.overwrite"], f"map.dir {out}", "set map.overwrite")  # save's checks
         self.bundle = load_bundle(str(cfg["model.bundle_dir"]))
         self.backend = create_backend(
             self.bundle,
