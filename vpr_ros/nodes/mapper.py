@@ -53,6 +53,7 @@ class Mapper(VprNode):
         self.pairer: ImagePosePairer | None = None
         self.frame_id = ""
         self.saved_to = ""
+        self.invalid_poses = 0
         self._pose_sub = None
         self.path_pub = self.create_publisher(Path, "~/keyframes", LATCHED_QOS)
         self.marker_pub = self.create_publisher(MarkerArray, "~/markers", LATCHED_QOS)
@@ -110,7 +111,13 @@ class Mapper(VprNode):
         if not self.frame_id:
             self.frame_id = str(self.config["frames.map"]) or msg.header.frame_id or "map"
         p, q = pose.position, pose.orientation
-        self._handle(self.pairer.add_pose(stamp_ns(msg.header), [p.x, p.y, p.z], [q.x, q.y, q.z, q.w]))
+        try:
+            pairs = self.pairer.add_pose(stamp_ns(msg.header), [p.x, p.y, p.z], [q.x, q.y, q.z, q.w])
+        except InputError as exc:  # NaN before a filter initialises: skipped, as vpr-build-map does
+            self.invalid_poses += 1
+            self.get_logger().warning(f"pose skipped: {exc}", throttle_duration_sec=5.0)
+            return
+        self._handle(pairs)
 
     def on_image(self, msg) -> None:
         self._handle(self.pairer.add_image(stamp_ns(msg.header), msg))
@@ -194,6 +201,7 @@ class Mapper(VprNode):
                 "frames received": self.received,
                 "frames paired": self.pairer.paired,
                 "frames without pose": self.pairer.dropped_no_pose,
+                "poses invalid": self.invalid_poses,
                 "frames undecodable": summary["undecodable"],
                 "keyframes": summary["keyframes"],
                 "travelled m": float(summary["travelled_m"]),
