@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -340,3 +341,19 @@ def test_a_raw_pixel_report_has_no_pose_estimates_or_configured_threshold(
     assert "Not applicable: pose estimates need cosine similarities" in text
     assert "Configured threshold: not applicable" in text
     assert "unknown place at threshold" not in summary({"run": RUN, **r}, out)
+
+
+def test_a_run_entirely_off_the_route_reports_its_refusals(tmp_path, place_map, truth):
+    """Nothing to recall: no PR curve or average precision, but the refusals are the result."""
+    away = replace(truth, positions=truth.positions + [0.0, 1000.0, 0.0])
+    evaluation = evaluate(place_map, away, answer_log(away).answers(), EvalSettings(threshold=0.5))
+    unknown = evaluation.report["unknown_place"]
+    assert unknown["on_route_queries"] == 0 and unknown["average_precision"] is None
+    assert unknown["configured"]["recall"] is None and unknown["best"] is None
+    refused = unknown["configured"]["off_route_refused"]
+    assert 0.0 < refused < 1.0
+    out = tmp_path / "report"
+    write_report(out, evaluation, place_map, RUN, overwrite=False)
+    assert "pr_curve.png" not in {p.name for p in out.glob("*.png")}
+    text = summary({"run": RUN, **evaluation.report}, out)
+    assert f"precision 0.000, recall –, off-route refused {100 * refused:.1f} %" in text

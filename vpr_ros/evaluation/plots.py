@@ -85,8 +85,8 @@ def pr_curve(report: dict, evaluation: Evaluation, place_map: PlaceMap, png: Pat
     """Precision against recall of the unknown-place decision as its threshold sweeps; the
     configured and the best-F1 thresholds marked."""
     unknown = report["unknown_place"]
-    if unknown is None or not unknown["curve"]["recall"]:
-        return False
+    if unknown is None or not unknown["curve"]["recall"] or not unknown["on_route_queries"]:
+        return False  # with nothing on the route there is nothing to recall
     figure, ax = axes(
         f"Unknown place: precision vs recall (AP {unknown['average_precision']:.3f})", "recall", "precision"
     )

@@ -347,7 +347,7 @@ def summary(report: dict, out: Path | None = None) -> str:
         c = unknown["configured"]
         lines.append(
             f"unknown place at threshold {c['threshold']:g}: precision {number(c['precision'], '.3f')}, "
-            f"recall {c['recall']:.3f}, off-route refused {percent(c['off_route_refused'])}"
+            f"recall {number(c['recall'], '.3f')}, off-route refused {percent(c['off_route_refused'])}"
         )
     if unknown is not None and unknown["best"] is not None:
         b = unknown["best"]
