@@ -238,8 +238,6 @@ def main() -> None:
                 if transport == "LARGE_DATA":
                     env["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
                 argv = [
-                    "--transport",
-                    transport,
                     "--frames",
                     str(args.frames),
                     "--image-size",

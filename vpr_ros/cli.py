@@ -15,14 +15,6 @@ from collections.abc import Callable
 from vpr_ros.errors import BackendError, InputError
 
 
-def positive(text: str) -> float:
-    """argparse type: a number > 0."""
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
 def non_negative(text: str) -> float:
     """argparse type: a number >= 0."""
     value = float(text)

@@ -310,7 +310,6 @@ class PlaceMap:
             "files": files,
         }
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        _seal(staging / META_FILE)
 
     @classmethod
     def load(

@@ -45,12 +45,6 @@ class AnswerLog:
         self.score = score
         self._rows: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
 
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def __contains__(self, stamp_ns: int) -> bool:
-        return stamp_ns in self._rows
-
     def add(
         self, stamp_ns: int, ids: np.ndarray, scores: np.ndarray, latency_s: float = float("nan")
     ) -> None:

@@ -291,6 +291,7 @@ class Localizer(VprNode):
                 "frames processed": self.counts["processed"],
                 "frames dropped (newer frame arrived)": self.mailbox.dropped,
                 "frames throttled": self.counts["throttled"],
+                "frames ignored while paused": self.counts["paused"],
                 "frames invalid": self.counts["invalid"],
                 "latency p50 ms": self.latency.percentile_ms(50),
                 "latency p99 ms": self.latency.percentile_ms(99),
