@@ -127,7 +127,6 @@ def _build(args: argparse.Namespace) -> str:
             f"had a pose on {info.pose_topic} within {args.sync_tolerance} s (or none could be decoded)"
         )
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         place_map.save(out, overwrite=args.overwrite)
     except OSError as exc:
         raise InputError(f"--out {out}: cannot write the map ({exc})") from None

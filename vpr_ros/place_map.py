@@ -278,7 +278,8 @@ class PlaceMap:
 
     def save(self, directory: Path | str, overwrite: bool = False) -> None:
         """Write the map to ``directory`` atomically (see the module doc). An existing map there is
-        replaced only with ``overwrite=True``; a directory that is not a place map never is."""
+        replaced only with ``overwrite=True``; a directory that is not a place map never is. Missing
+        parent directories are made."""
         directory = Path(directory).expanduser().absolute()
         where = f"place map {directory}"
         if len(self) == 0:
@@ -288,6 +289,7 @@ class PlaceMap:
             self.build_index()
         except InputError as exc:
             raise MapError(f"{where}: {exc}") from None
+        directory.parent.mkdir(parents=True, exist_ok=True)
         with staging_directory(directory) as staging:
             self._write(staging)
             replace_directory(staging, directory)
@@ -489,13 +491,11 @@ def check_target(
     directory: Path, overwrite: bool, where: str | None = None, hint: str = "pass overwrite=True"
 ) -> None:
     """The checks :meth:`PlaceMap.save` makes of ``directory``, for callers to make before a run
-    spends minutes building the map: leftovers of killed saves swept, the parent directory exists,
-    and :func:`~vpr_ros.fileio.check_replaceable` (``where`` names the input in errors)."""
+    spends minutes building the map: leftovers of killed saves swept, then
+    :func:`~vpr_ros.fileio.check_replaceable` (``where`` names the input in errors)."""
     directory = Path(directory).expanduser()
-    where = where or f"place map {directory}"
     sweep_leftovers(directory.absolute())
-    if not directory.absolute().parent.is_dir():
-        raise MapError(f"{where}: the parent directory does not exist")
+    where = where or f"place map {directory}"
     check_replaceable(directory, overwrite, is_place_map, where, "place map", hint, MapError)
 
 
