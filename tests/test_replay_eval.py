@@ -296,11 +296,17 @@ def test_table_puts_reports_side_by_side(capsys, dusk_report, tmp_path) -> None:
     assert table([str(tmp_path)]) == 2 and "cannot read report.json" in capsys.readouterr().err
 
 
-def test_negative_sync_tolerance_is_refused(tmp_path, capsys, town, bundle, day_map) -> None:
+@pytest.mark.parametrize("tolerance", ["-1", "inf", "nan"])
+def test_a_negative_or_infinite_sync_tolerance_is_refused(
+    tmp_path, capsys, town, bundle, day_map, tolerance
+) -> None:
     with pytest.raises(SystemExit) as exited:
         vpr_eval(["--map", str(day_map), "--bag", str(town / "t01_dusk"), "--model", str(bundle)]
-                 + ["--out", str(tmp_path / "r"), "--sync-tolerance", "-1"])  # fmt: skip
-    assert exited.value.code == 2 and "--sync-tolerance: must be >= 0" in capsys.readouterr().err
+                 + ["--out", str(tmp_path / "r"), "--sync-tolerance", tolerance])  # fmt: skip
+    error = capsys.readouterr().err
+    assert (
+        exited.value.code == 2 and f"--sync-tolerance: must be a finite number >= 0, got {tolerance}" in error
+    )
     assert not (tmp_path / "r").exists()
 
 
