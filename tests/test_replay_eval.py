@@ -327,3 +327,23 @@ def test_bad_metric_settings_are_refused_before_the_bag_is_read(
     monkeypatch.setattr("vpr_ros.evaluation.offline.open_query_bag", read_bag)
     args = ("--map", day_map, "--bag", town / "t01_dusk", "--model", bundle, flag, value)
     assert f"evaluation setting {named}" in refused(capsys, tmp_path / "r", *args)
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (("--angle", "200"), "replay_evaluator: eval.angle_deg must be <= 180.0, got 200.0"),
+        (("--rate", "5000"), "bag_player: rate must be <= 1000.0, got 5000.0"),
+        (("--image-topic", "/nope"), "/camera/image_raw (sensor_msgs/msg/Image)"),
+    ],
+)
+def test_replay_refuses_what_a_node_would_refuse_before_starting_it(
+    tmp_path, capsys, town, bundle, day_map, extra, expected
+) -> None:
+    from vpr_ros.replay import main as vpr_replay
+
+    out = tmp_path / "r"
+    assert vpr_replay(replay_argv(day_map, town / "t01_dusk", bundle, out, *extra)[2:]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and expected in error, error
+    assert not out.exists() and not (tmp_path / "r.logs").exists()

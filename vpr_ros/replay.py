@@ -25,10 +25,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from vpr_ros.backends import BACKENDS
+from vpr_ros.cli import add_bag_topic_arguments
 from vpr_ros.errors import BackendError, InputError
 from vpr_ros.evaluation.ground_truth import check_same_frame
 from vpr_ros.evaluation.offline import TOP_K, settings_arguments, settings_from
 from vpr_ros.evaluation.session import prepare
+from vpr_ros.nodes import params as P
+from vpr_ros.pose_sync import DEFAULT_TOLERANCE_S
 from vpr_ros.rosbag_source import BagInfo, bag_info
 
 NAMESPACE = "/vpr"
@@ -54,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="X",
         help="play at X times the recorded rate instead of flow-controlled (frames may be dropped)",
     )
-    parser.add_argument("--backend", default="auto", help="the localizer's model.backend (default: auto)")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="the localizer's model.backend (default: auto)"
+    )
+    add_bag_topic_arguments(parser, "ground-truth poses", DEFAULT_TOLERANCE_S)
     settings_arguments(parser)
     parser.add_argument(
         "--timeout", type=float, default=3600.0, metavar="S", help="give up after S seconds (default: 3600)"
@@ -68,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.rate is not None and not args.rate > 0:
             raise InputError(f"--rate must be > 0, got {args.rate}")
         inputs = prepare(args.map, args.model, args.out, args.overwrite, settings_from(args), args.threshold)
-        info = bag_info(args.bag)
+        info = bag_info(args.bag, args.image_topic, args.pose_topic)
         check_same_frame(info, inputs.place_map, inputs.map_dir)
         commands = _commands(args, info)
     except (InputError, BackendError) as exc:
@@ -77,7 +84,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run(commands, args.out.expanduser(), args.timeout)
 
 
-def _ros_args(module: str, remaps: dict[str, str], params: dict[str, object]) -> list[str]:
+def _ros_args(
+    module: str, table: tuple[P.Param, ...], remaps: dict[str, str], params: dict[str, P.Value]
+) -> list[str]:
+    """The node's command line; values its parameter ``table`` would refuse are refused here,
+    before any process starts."""
+    by_name = {p.name: p for p in table}
+    reasons = [reason for name, value in params.items() if (reason := by_name[name].check(value))]
+    if reasons:
+        raise InputError(f"{module.rsplit('.', 1)[-1]}: " + "; ".join(reasons))
     command = [sys.executable, "-m", module, "--ros-args", "-r", f"__ns:={NAMESPACE}"]
     for name, target in remaps.items():
         command += ["-r", f"{name}:={target}"]
@@ -102,10 +117,11 @@ def _image_input(info: BagInfo) -> tuple[str, str]:
 def _commands(args: argparse.Namespace, info: BagInfo) -> dict[str, list[str]]:
     image_topic, transport = _image_input(info)
     played = "flow-controlled" if args.rate is None else f"at {args.rate:g}x the recorded rate"
-    common = {"map.dir": args.map.resolve(), "model.bundle_dir": args.model.resolve()}
+    common = {"map.dir": str(args.map.resolve()), "model.bundle_dir": str(args.model.resolve())}
     return {
         "localizer": _ros_args(
             "vpr_ros.nodes.localizer",
+            P.LOCALIZER,
             {"image": image_topic},
             {
                 **common,
@@ -118,12 +134,15 @@ def _commands(args: argparse.Namespace, info: BagInfo) -> dict[str, list[str]]:
         ),
         "evaluator": _ros_args(
             "vpr_ros.nodes.replay_evaluator",
+            P.REPLAY_EVALUATOR,
             {"matches": ANSWERS},
             {
                 **common,
-                "bag": args.bag.resolve(),
+                "bag": str(args.bag.resolve()),
                 "input.image_topic": info.image_topic,
-                "report.dir": args.out.expanduser().resolve(),
+                "input.pose_topic": info.pose_topic,
+                "input.sync_tolerance_s": args.sync_tolerance,
+                "report.dir": str(args.out.expanduser().resolve()),
                 "report.overwrite": args.overwrite,
                 "eval.distance_m": args.distance,
                 "eval.angle_deg": args.angle or 0.0,
@@ -134,9 +153,10 @@ def _commands(args: argparse.Namespace, info: BagInfo) -> dict[str, list[str]]:
         ),
         "player": _ros_args(
             "vpr_ros.nodes.bag_player",
+            P.BAG_PLAYER,
             {"answers": ANSWERS},
             {
-                "bag": args.bag.resolve(),
+                "bag": str(args.bag.resolve()),
                 "image_topic": info.image_topic,
                 "mode": "flow" if args.rate is None else "rate",
                 "rate": args.rate or 1.0,

@@ -72,25 +72,6 @@ from vpr_ros.rosbag_source import (
     topic_listing,
 )
 
-PARAMS: tuple[P.Param, ...] = (
-    P.Param("bag", "", "rosbag2 directory to play; required"),
-    P.Param("mode", "rate", "rate: the recorded rate times 'rate'; flow: the next image once the "
-            "previous one is answered on answer_topic", choices=("rate", "flow")),
-    P.Param("rate", 1.0, "multiple of the recorded rate (rate mode)", 0.001, 1000.0),
-    P.Param("image_topic", "", "image topic ('' = the bag's only Image or CompressedImage topic)"),
-    P.Param("answer_topic", "answers", "flow mode: match tables (sensor_msgs/PointCloud2) stamped "
-            "like the image they answer"),
-    P.Param("answer_timeout_s", 5.0, "flow mode: send an image again when unanswered for this long (s)",
-            0.001, 3600.0),
-    P.Param("max_resends", 3, "flow mode: resends of an unanswered image before it counts as lost",
-            0, 1000),
-    P.Param("wait_for_subscribers", 1, "subscribers the image topic needs before the first message",
-            0, 1000),
-    P.Param("start_timeout_s", 60.0, "exit (status 1) when the subscribers are not there after this "
-            "long (s)", 0.001, 86400.0),
-    P.Param("start_delay_s", 1.0, "wait this long after the subscribers appeared (s), so that their "
-            "side of discovery completes too", 0.0, 3600.0),
-)  # fmt: skip
 TOPICS_DESCRIPTION = "topics to play besides the image topic ([] = every topic this Python has the type of)"
 
 # Reliable keep-last 10, like a camera driver on default QoS: serves reliable and best-effort
@@ -215,7 +196,7 @@ class BagPlayer(Node):
         self.images = self.others = self.resent = self.lost = 0
 
     def _parameters_checked(self) -> tuple[dict[str, P.Value], list[str]]:
-        P.declare(self, PARAMS)
+        P.declare(self, P.BAG_PLAYER)
         try:
             self.declare_parameter(
                 "topics",
@@ -224,8 +205,8 @@ class BagPlayer(Node):
             )
         except ParameterException as exc:
             raise InputError(f"parameter topics: {' '.join(str(exc).split())}") from None
-        config = P.snapshot(self, PARAMS)
-        problems = P.problems(config, PARAMS)
+        config = P.snapshot(self, P.BAG_PLAYER)
+        problems = P.problems(config, P.BAG_PLAYER)
         if not config["bag"]:
             problems.insert(0, "parameter bag is required: -p bag:=<rosbag2 directory>")
         if problems:

@@ -135,6 +135,27 @@ REPLAY_EVALUATOR: tuple[Param, ...] = (
     Param("run.description", "ROS replay", "how the frames were played, recorded in the report"),
 )  # fmt: skip
 
+# vpr_bag_player; its "topics" (a string list, default every playable topic) is declared by the node.
+BAG_PLAYER: tuple[Param, ...] = (
+    Param("bag", "", "rosbag2 directory to play; required"),
+    Param("mode", "rate", "rate: the recorded rate times 'rate'; flow: the next image once the "
+          "previous one is answered on answer_topic", choices=("rate", "flow")),
+    Param("rate", 1.0, "multiple of the recorded rate (rate mode)", 0.001, 1000.0),
+    Param("image_topic", "", "image topic ('' = the bag's only Image or CompressedImage topic)"),
+    Param("answer_topic", "answers", "flow mode: match tables (sensor_msgs/PointCloud2) stamped "
+          "like the image they answer"),
+    Param("answer_timeout_s", 5.0, "flow mode: send an image again when unanswered for this long (s)",
+          0.001, 3600.0),
+    Param("max_resends", 3, "flow mode: resends of an unanswered image before it counts as lost",
+          0, 1000),
+    Param("wait_for_subscribers", 1, "subscribers the image topic needs before the first message",
+          0, 1000),
+    Param("start_timeout_s", 60.0, "exit (status 1) when the subscribers are not there after this "
+          "long (s)", 0.001, 86400.0),
+    Param("start_delay_s", 1.0, "wait this long after the subscribers appeared (s), so that their "
+          "side of discovery completes too", 0.0, 3600.0),
+)  # fmt: skip
+
 NODES = {"vpr_localizer": LOCALIZER, "vpr_mapper": MAPPER, "vpr_replay_evaluator": REPLAY_EVALUATOR}
 
 
