@@ -104,4 +104,6 @@ def odometry_msg(position: np.ndarray, orientation: np.ndarray, stamp_ns: int, f
 
 
 def stamp_of(msg: Any) -> int:
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+    from vpr_ros.pose_sync import stamp_ns
+
+    return stamp_ns(msg.header)

@@ -40,6 +40,12 @@ class Pair:
     pose_stamp_ns: int
 
 
+def stamp_ns(header: Any) -> int:
+    """A std_msgs/Header's stamp in integer nanoseconds: the key images and poses are paired by
+    (rclpy and rosbags messages alike)."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
 def _vector(values: Any, size: int, name: str) -> np.ndarray:
     """A finite float64 vector of ``size`` values; bad odometry must not reach the map as NaN."""
     arr = np.asarray(values, dtype=np.float64).reshape(-1)

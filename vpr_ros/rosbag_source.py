@@ -32,7 +32,7 @@ from rosbags.typesys import Stores, get_typestore
 from vpr_ros.errors import InputError
 from vpr_ros.geometry import compose, quat_normalize
 from vpr_ros.image_codec import message_to_rgb
-from vpr_ros.pose_sync import ImagePosePairer, Pair
+from vpr_ros.pose_sync import ImagePosePairer, Pair, stamp_ns
 
 __all__ = [
     "IMAGE_TYPES",
@@ -164,11 +164,6 @@ def choose_topics(
     return (*image, *pose)
 
 
-def _stamp_ns(msg: Any) -> int:
-    stamp = msg.header.stamp
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 def _pose_of(msg: Any, msgtype: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Position and quaternion (x, y, z, w) of an Odometry, PoseStamped or PoseWithCovarianceStamped."""
     pose = msg.pose if msgtype == "geometry_msgs/msg/PoseStamped" else msg.pose.pose
@@ -294,14 +289,14 @@ class FrameStream(Iterator[Frame]):
             previous_stamp, pose_index = None, 0
             for connection, _, raw in reader.messages(connections=wanted):
                 msg = reader.deserialize(raw, connection.msgtype)
-                stamp_ns = _stamp_ns(msg)
+                stamp = stamp_ns(msg.header)
                 if connection.topic == self.pose_topic:
-                    pairs = self._add_pose(pose_index, stamp_ns, msg, connection.msgtype)
+                    pairs = self._add_pose(pose_index, stamp, msg, connection.msgtype)
                     pose_index += 1
                 else:
-                    check_increasing(self.path, self.image_topic, self.images_read, previous_stamp, stamp_ns)
-                    previous_stamp = stamp_ns
-                    pairs = self.pairer.add_image(stamp_ns, (self.images_read, msg))
+                    check_increasing(self.path, self.image_topic, self.images_read, previous_stamp, stamp)
+                    previous_stamp = stamp
+                    pairs = self.pairer.add_image(stamp, (self.images_read, msg))
                     self.images_read += 1
                 yield from map(self._frame, pairs)
             yield from map(self._frame, self.pairer.flush())

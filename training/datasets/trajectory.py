@@ -39,6 +39,7 @@ from training.datasets.common import (
 )
 from training.errors import UserError
 from vpr_ros.image_codec import ImageConversionError, message_to_rgb
+from vpr_ros.pose_sync import stamp_ns
 
 log = logging.getLogger(__name__)
 
@@ -202,18 +203,13 @@ def _connections(reader: AnyReader, bag: Path, image_topic: str, pose_topic: str
     return tuple([c for c in reader.connections if c.topic == t] for t in (image_topic, pose_topic))
 
 
-def _stamp_ns(msg: object) -> int:
-    stamp = msg.header.stamp
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 def _read_poses(reader: AnyReader, connections: list) -> _Poses:
     """Every pose sample, sorted by stamp; samples repeating a stamp are dropped with a warning."""
     stamps, xy, quaternions = [], [], []
     for conn, _, raw in reader.messages(connections=connections):
         msg = reader.deserialize(raw, conn.msgtype)
         pose = msg.pose.pose if conn.msgtype == "nav_msgs/msg/Odometry" else msg.pose
-        stamps.append(_stamp_ns(msg))
+        stamps.append(stamp_ns(msg.header))
         xy.append((pose.position.x, pose.position.y))
         o = pose.orientation
         quaternions.append((o.x, o.y, o.z, o.w))
@@ -227,7 +223,9 @@ def _read_poses(reader: AnyReader, connections: list) -> _Poses:
 
 def _image_stamps(reader: AnyReader, connections: list) -> np.ndarray:
     """Header stamps of the image messages in message order (deserialising only; no decoding)."""
-    stamps = [_stamp_ns(reader.deserialize(raw, c.msgtype)) for c, _, raw in reader.messages(connections)]
+    stamps = [
+        stamp_ns(reader.deserialize(raw, c.msgtype).header) for c, _, raw in reader.messages(connections)
+    ]
     return np.asarray(stamps, dtype=np.int64)
 
 

@@ -62,7 +62,7 @@ from sensor_msgs.msg import PointCloud2
 
 from vpr_ros.errors import InputError
 from vpr_ros.nodes import params as P
-from vpr_ros.nodes.common import stamp_ns
+from vpr_ros.pose_sync import stamp_ns
 from vpr_ros.rosbag_source import (
     IMAGE_TYPES,
     bag_topics,

@@ -54,10 +54,6 @@ class LatencyWindow:
         return float(np.percentile(self.samples, q) * 1e3) if self.samples else float("nan")
 
 
-def stamp_ns(header: Any) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
 class VprNode(LifecycleNode):
     """Parameters, image subscription, stale-input warning and diagnostics for both nodes.
 

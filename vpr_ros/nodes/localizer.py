@@ -38,9 +38,10 @@ from vpr_ros.errors import InputError
 from vpr_ros.image_codec import ImageConversionError, message_to_rgb
 from vpr_ros.nodes import messages
 from vpr_ros.nodes import params as P
-from vpr_ros.nodes.common import LATCHED_QOS, RESULT_QOS, LatencyWindow, VprNode, run, stamp_ns
+from vpr_ros.nodes.common import LATCHED_QOS, RESULT_QOS, LatencyWindow, VprNode, run
 from vpr_ros.place_map import PlaceMap
 from vpr_ros.pose_estimate import estimate_pose, resolve_threshold
+from vpr_ros.pose_sync import stamp_ns
 
 
 class Mailbox:

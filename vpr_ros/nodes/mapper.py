@@ -31,9 +31,9 @@ from vpr_ros.keyframes import KeyframeSelector
 from vpr_ros.map_builder import MapBuilder
 from vpr_ros.nodes import messages
 from vpr_ros.nodes import params as P
-from vpr_ros.nodes.common import CAMERA_QOS, LATCHED_QOS, VprNode, run, stamp_ns
+from vpr_ros.nodes.common import CAMERA_QOS, LATCHED_QOS, VprNode, run
 from vpr_ros.place_map import PlaceMap, check_target
-from vpr_ros.pose_sync import ImagePosePairer
+from vpr_ros.pose_sync import ImagePosePairer, stamp_ns
 
 POSE_DEPTH = 50  # poses are small and come faster than images: keep enough to pair every frame
 # Mapping embeds only keyframes, so it keeps up on average; a short queue rides out the stall of

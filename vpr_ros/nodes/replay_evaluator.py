@@ -44,7 +44,7 @@ from vpr_ros.evaluation.ground_truth import check_same_frame, read_ground_truth
 from vpr_ros.evaluation.metrics import EvalSettings
 from vpr_ros.evaluation.session import finish, prepare
 from vpr_ros.nodes import params as P
-from vpr_ros.nodes.common import stamp_ns
+from vpr_ros.pose_sync import stamp_ns
 
 REQUIRED = ("bag", "map.dir", "model.bundle_dir", "report.dir")
 # Images, only timed here: reliable when every publisher is (resolved when the subscription is
