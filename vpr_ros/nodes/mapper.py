@@ -39,6 +39,9 @@ POSE_DEPTH = 50  # poses are small and come faster than images: keep enough to p
 # Mapping embeds only keyframes, so it keeps up on average; a short queue rides out the stall of
 # one embedding instead of losing the frame that should have been the next keyframe.
 IMAGE_DEPTH = 10
+# ~/keyframes and ~/markers carry the whole map (building them is O(keyframes)), so they are
+# refreshed by a timer rather than on every new keyframe in the image callback.
+KEYFRAMES_PERIOD_S = 0.5
 
 
 class Mapper(VprNode):
@@ -54,11 +57,13 @@ class Mapper(VprNode):
         self.frame_id = ""
         self.saved_to = ""
         self.invalid_poses = 0
+        self._keyframes_changed = False
         self._pose_sub = None
         self.path_pub = self.create_publisher(Path, "~/keyframes", LATCHED_QOS)
         self.marker_pub = self.create_publisher(MarkerArray, "~/markers", LATCHED_QOS)
         self.create_service(Trigger, "~/save_map", self._save_service)
         self.create_service(Trigger, "~/reset", self._reset_service)
+        self.create_timer(KEYFRAMES_PERIOD_S, self._publish_keyframes)
 
     # ---------------------------------------------------------------- configure / activate
 
@@ -132,8 +137,7 @@ class Mapper(VprNode):
                 orientation,
                 f"{self.image_topic}@{pair.stamp_ns}",
             )
-            if added:
-                self._publish_keyframes()
+            self._keyframes_changed |= added
 
     def _builder(self) -> MapBuilder:
         if self.builder is None:  # the map frame is known once the first pose arrived
@@ -154,6 +158,9 @@ class Mapper(VprNode):
     # ---------------------------------------------------------------- outputs and services
 
     def _publish_keyframes(self) -> None:
+        if not self._keyframes_changed or self.builder is None:
+            return
+        self._keyframes_changed = False
         place_map = self.builder.place_map
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=place_map.frame_id)
         self.path_pub.publish(messages.keyframe_path(header, place_map.positions, place_map.orientations))
