@@ -108,7 +108,7 @@ def _check_bag_path(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _open(path: Path) -> Iterator[AnyReader]:
+def open_bag(path: Path) -> Iterator[AnyReader]:
     """An open reader; every rosbags failure, here or while reading, becomes a one-line InputError."""
     _check_bag_path(path)
     try:
@@ -120,7 +120,7 @@ def _open(path: Path) -> Iterator[AnyReader]:
 
 def bag_topics(path: Path | str) -> dict[str, str]:
     """``{topic: message type}`` of a rosbag2 directory."""
-    with _open(Path(path)) as reader:
+    with open_bag(Path(path)) as reader:
         return {c.topic: c.msgtype for c in reader.connections}
 
 
@@ -175,7 +175,7 @@ def bag_info(path: Path | str, image_topic: str | None = None, pose_topic: str |
     """Topics (see :func:`choose_topics`), the image count and the first pose's frame_id: what a
     build checks and sets up before reading frames. Reads one pose message, not the images."""
     path = Path(path)
-    with _open(path) as reader:
+    with open_bag(path) as reader:
         topics = {c.topic: c.msgtype for c in reader.connections}
         try:
             image_topic, image_type, pose_topic, pose_type = choose_topics(topics, image_topic, pose_topic)
@@ -197,7 +197,7 @@ def iter_raw(path: Path | str, topics: Sequence[str]) -> Iterator[tuple[str, str
     header), which a player republishes as is. A topic the bag lacks is an InputError listing the
     bag's topics."""
     path = Path(path)
-    with _open(path) as reader:
+    with open_bag(path) as reader:
         present = {c.topic: c.msgtype for c in reader.connections}
         missing = sorted(set(topics) - set(present))
         if missing:
@@ -279,7 +279,7 @@ class FrameStream(Iterator[Frame]):
         return next(self._frames)
 
     def _read(self) -> Iterator[Frame]:
-        with _open(self.path) as reader:
+        with open_bag(self.path) as reader:
             topics = {c.topic: c.msgtype for c in reader.connections}
             try:
                 choose_topics(topics, self.image_topic, self.pose_topic)

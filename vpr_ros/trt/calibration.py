@@ -12,7 +12,6 @@ Frames are decoded with :func:`vpr_ros.image_codec.message_to_rgb` and preproces
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -22,16 +21,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from rosbags.highlevel import AnyReader, AnyReaderError
-from rosbags.typesys import Stores, get_typestore
 
 from vpr_ros.bundle import InputSpec
 from vpr_ros.errors import InputError
 from vpr_ros.image_codec import ImageConversionError, message_to_rgb
 from vpr_ros.preprocess import to_input_batch
+from vpr_ros.rosbag_source import IMAGE_TYPES, open_bag, topic_listing
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-IMAGE_MSGTYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 DEFAULT_COUNT = 500  # TensorRT's advice for CNNs and ViTs
 DEFAULT_BATCH = 8
 
@@ -82,7 +79,7 @@ class CalibrationSet:
 
     def _bag_images(self) -> Iterator[np.ndarray]:
         wanted = {int(item.split("@", 1)[0]) for item in self.items}
-        with _open_bag(self.source) as reader:
+        with open_bag(self.source) as reader:
             connections = [c for c in reader.connections if c.topic == self.topic]
             for index, (connection, stamp, raw) in enumerate(reader.messages(connections=connections)):
                 if index not in wanted:
@@ -154,7 +151,7 @@ def _folder_set(source: Path, spec: InputSpec, count: int, batch: int) -> Calibr
 
 
 def _bag_set(source: Path, spec: InputSpec, count: int, batch: int, topic: str | None) -> CalibrationSet:
-    with _open_bag(source) as reader:
+    with open_bag(source) as reader:
         topic = _image_topic(source, {c.topic: c.msgtype for c in reader.connections}, topic)
         connections = [c for c in reader.connections if c.topic == topic]
         stamps = [stamp for _, stamp, _ in reader.messages(connections=connections)]
@@ -165,7 +162,7 @@ def _bag_set(source: Path, spec: InputSpec, count: int, batch: int, topic: str |
 
 
 def _image_topic(source: Path, topics: dict[str, str], topic: str | None) -> str:
-    images = sorted(name for name, msgtype in topics.items() if msgtype in IMAGE_MSGTYPES)
+    images = sorted(name for name, msgtype in topics.items() if msgtype in IMAGE_TYPES)
     if topic is not None:
         if topic not in images:
             raise InputError(
@@ -174,8 +171,9 @@ def _image_topic(source: Path, topics: dict[str, str], topic: str | None) -> str
             )
         return topic
     if not images:
-        listing = ", ".join(f"{name} ({msgtype})" for name, msgtype in sorted(topics.items())) or "no topics"
-        raise InputError(f"calibration source {source}: bag has no image topic; it has: {listing}")
+        raise InputError(
+            f"calibration source {source}: bag has no image topic; it has: {topic_listing(topics)}"
+        )
     if len(images) > 1:
         log.info(
             "calibration: using %s; the bag also has %s (choose with a topic)",
@@ -183,19 +181,6 @@ def _image_topic(source: Path, topics: dict[str, str], topic: str | None) -> str
             ", ".join(images[1:]),
         )
     return images[0]
-
-
-@contextlib.contextmanager
-def _open_bag(source: Path) -> Iterator[AnyReader]:
-    try:
-        reader = AnyReader([source], default_typestore=get_typestore(Stores.ROS2_KILTED))
-        reader.open()
-    except AnyReaderError as exc:
-        raise InputError(f"calibration source {source}: cannot read the bag ({exc})") from None
-    try:
-        yield reader
-    finally:
-        reader.close()
 
 
 def _batched(images: Iterable[np.ndarray], spec: InputSpec, batch: int) -> Iterator[np.ndarray]:
