@@ -295,21 +295,24 @@ def test_the_node_refuses_to_start_with_one_line(
     assert expected in log and "Traceback" not in log, log
 
 
-def test_the_mapper_refuses_a_map_dir_it_could_not_save_to(ros_process, tmp_path, bundle) -> None:
-    """map.dir gets the checks the save makes, at start-up rather than after the drive."""
-    out = tmp_path / "notes"
-    out.mkdir()
-    (out / "mine.txt").write_text("x")
-    proc = ros_process(
-        node_args(
-            "vpr_ros.nodes.mapper", f"model.bundle_dir:={bundle}", f"map.dir:={out}", "map.overwrite:=true"
-        )
-    )
+@pytest.mark.parametrize("problem", ["map_dir_is_a_folder", "zero_quaternion_extrinsic"])
+def test_the_mapper_refuses_to_start_with_one_line(ros_process, tmp_path, bundle, problem) -> None:
+    """What would fail after the drive (the save) or on every frame is refused at start-up."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("x")
+    if problem == "map_dir_is_a_folder":
+        params = [f"map.dir:={notes}", "map.overwrite:=true"]
+        expected = f"map.dir {notes}: exists and is not a place map; refusing to replace it"
+    else:
+        params = [f"map.dir:={tmp_path / 'map'}", "frames.camera_extrinsic:=[0.,0.,1.,0.,0.,0.,0.]"]
+        expected = "parameter frames.camera_extrinsic: camera extrinsic"
+    proc = ros_process(node_args("vpr_ros.nodes.mapper", f"model.bundle_dir:={bundle}", *params))
     proc.wait(timeout=NODE_START_S)
     log = proc.communicate()[0]
     assert proc.returncode == 1, log
-    assert f"map.dir {out}: exists and is not a place map; refusing to replace it" in log, log
-    assert "Traceback" not in log and [p.name for p in out.iterdir()] == ["mine.txt"], log
+    assert expected in log and "Traceback" not in log, log
+    assert [p.name for p in notes.iterdir()] == ["mine.txt"]
 
 
 def test_config_files_are_the_declared_defaults() -> None:

@@ -10,6 +10,8 @@ rotation at all, so it raises :class:`InputError` instead of silently becoming N
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from vpr_ros.errors import InputError
@@ -89,3 +91,20 @@ def yaw_of(q: np.ndarray) -> np.ndarray | float:
 def yaw_difference(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
     """Absolute heading difference in radians, wrapped: +179 and -179 degrees are 2 degrees apart."""
     return np.abs((np.asarray(a) - b + np.pi) % (2.0 * np.pi) - np.pi)
+
+
+def parse_extrinsic(values: str | Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Base-to-camera transform from ``"x y z qx qy qz qw"`` (or 7 numbers): position [3] and unit
+    quaternion [4]."""
+    try:
+        numbers = [
+            float(v) for v in (values.replace(",", " ").split() if isinstance(values, str) else values)
+        ]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) != 7 or not np.isfinite(numbers).all():
+        raise InputError(f"camera extrinsic must be 7 finite numbers 'x y z qx qy qz qw', got {values!r:.80}")
+    try:
+        return np.array(numbers[:3]), quat_normalize(np.array(numbers[3:]))
+    except InputError as exc:
+        raise InputError(f"camera extrinsic {values!r:.80}: {exc}") from None

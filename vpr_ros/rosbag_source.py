@@ -30,7 +30,7 @@ from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_typestore
 
 from vpr_ros.errors import InputError
-from vpr_ros.geometry import compose, quat_normalize
+from vpr_ros.geometry import compose, parse_extrinsic
 from vpr_ros.image_codec import message_to_rgb
 from vpr_ros.pose_sync import ImagePosePairer, Pair, stamp_ns
 
@@ -207,23 +207,6 @@ def iter_raw(path: Path | str, topics: Sequence[str]) -> Iterator[tuple[str, str
         wanted = [c for c in reader.connections if c.topic in topics]
         for connection, timestamp, data in reader.messages(connections=wanted):
             yield connection.topic, connection.msgtype, timestamp, bytes(data)
-
-
-def parse_extrinsic(values: str | Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Base-to-camera transform from ``"x y z qx qy qz qw"`` (or 7 numbers): position [3] and unit
-    quaternion [4]."""
-    try:
-        numbers = [
-            float(v) for v in (values.replace(",", " ").split() if isinstance(values, str) else values)
-        ]
-    except (TypeError, ValueError):
-        numbers = []
-    if len(numbers) != 7 or not np.isfinite(numbers).all():
-        raise InputError(f"camera extrinsic must be 7 finite numbers 'x y z qx qy qz qw', got {values!r:.80}")
-    try:
-        return np.array(numbers[:3]), quat_normalize(np.array(numbers[3:]))
-    except InputError as exc:
-        raise InputError(f"camera extrinsic {values!r:.80}: {exc}") from None
 
 
 _SOURCE = re.compile(r"^(?P<bag>.*):(?P<topic>/.*)#(?P<index>\d+)$")

@@ -25,7 +25,7 @@ from visualization_msgs.msg import MarkerArray
 from vpr_ros.backends import create_backend
 from vpr_ros.bundle import load_bundle
 from vpr_ros.errors import InputError
-from vpr_ros.geometry import compose
+from vpr_ros.geometry import compose, parse_extrinsic
 from vpr_ros.image_codec import message_to_rgb
 from vpr_ros.keyframes import KeyframeSelector
 from vpr_ros.map_builder import MapBuilder
@@ -83,9 +83,10 @@ class Mapper(VprNode):
             engine_cache_dir=str(cfg["model.engine_cache_dir"]) or None,
             build_engine_if_missing=bool(cfg["model.build_engine_if_missing"]),
         )
-        extrinsic = [float(v) for v in cfg["frames.camera_extrinsic"]]
-        self.extrinsic = (extrinsic[:3], extrinsic[3:])
-        compose([0, 0, 0], [0, 0, 0, 1], *self.extrinsic)  # rejects a zero quaternion now, not per frame
+        try:
+            self.extrinsic = parse_extrinsic(cfg["frames.camera_extrinsic"])
+        except InputError as exc:
+            raise InputError(f"parameter frames.camera_extrinsic: {exc}") from None
         self.pairer = ImagePosePairer(float(cfg["mapper.sync_tolerance_s"]))
         self.builder = None
         self.get_logger().info(f"model {self.bundle.summary()} on {self.backend.describe()}; map -> {out}")
