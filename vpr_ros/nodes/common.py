@@ -19,9 +19,14 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
 
+from vpr_ros.backends import create_backend
+from vpr_ros.bundle import load_bundle
 from vpr_ros.errors import InputError
+from vpr_ros.nodes import messages
 from vpr_ros.nodes import params as P
+from vpr_ros.place_map import PlaceMap
 
 # REP-2003: consumers subscribe to cameras with sensor-data QoS. Depth 1, not rclpy's 5: a slow
 # backend must process the newest frame, never a backlog (ROS_NOTES §0.4).
@@ -62,12 +67,15 @@ class VprNode(LifecycleNode):
     """
 
     PARAMS: tuple[P.Param, ...] = ()
+    REQUIRED = ("model.bundle_dir", "map.dir")  # string parameters without a usable default
     IMAGE_QOS = CAMERA_QOS
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
         P.declare(self, self.PARAMS)
         self.config: dict[str, P.Value] = {}
+        self.bundle = None  # load_model
+        self.backend = None
         self._image_sub = None
         self._last_image = time.monotonic()
         self._stale_timer = None
@@ -81,6 +89,7 @@ class VprNode(LifecycleNode):
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         self.config = P.snapshot(self, self.PARAMS)
         problems = P.problems(self.config, self.PARAMS)
+        problems += [f"parameter {name} is required" for name in self.REQUIRED if not self.config[name]]
         try:
             if problems:
                 raise InputError("; ".join(problems))
@@ -117,6 +126,26 @@ class VprNode(LifecycleNode):
 
     def load(self) -> None:
         raise NotImplementedError
+
+    def load_model(self) -> None:
+        """``bundle`` and ``backend`` from the model.* parameters (part of ``load``)."""
+        cfg = self.config
+        self.bundle = load_bundle(str(cfg["model.bundle_dir"]))
+        self.backend = create_backend(
+            self.bundle,
+            str(cfg["model.backend"]),
+            str(cfg["model.precision"]),
+            int(cfg["model.device_id"]),
+            engine_cache_dir=str(cfg["model.engine_cache_dir"]) or None,
+            build_engine_if_missing=bool(cfg["model.build_engine_if_missing"]),
+        )
+
+    def publish_map(self, place_map: PlaceMap, path_pub: Any, marker_pub: Any) -> None:
+        """The map's keyframes as a nav_msgs/Path and, with output.publish_markers, RViz spheres."""
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=place_map.frame_id)
+        path_pub.publish(messages.keyframe_path(header, place_map.positions, place_map.orientations))
+        if self.config["output.publish_markers"]:
+            marker_pub.publish(messages.map_markers(header, place_map.positions))
 
     def release(self) -> None:
         """Drop the model and map (cleanup)."""

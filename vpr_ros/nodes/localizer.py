@@ -32,8 +32,6 @@ from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
 from vpr_ros import match_table
-from vpr_ros.backends import create_backend
-from vpr_ros.bundle import load_bundle
 from vpr_ros.errors import InputError
 from vpr_ros.image_codec import ImageConversionError, message_to_rgb
 from vpr_ros.nodes import messages
@@ -79,7 +77,6 @@ class Localizer(VprNode):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("vpr_localizer", **kwargs)
-        self.backend = None
         self.map: PlaceMap | None = None
         self.enabled = True
         self.mailbox = Mailbox()
@@ -104,26 +101,15 @@ class Localizer(VprNode):
 
     def load(self) -> None:
         cfg = self.config
-        for name in ("model.bundle_dir", "map.dir"):
-            if not cfg[name]:
-                raise InputError(f"parameter {name} is required")
-        bundle = load_bundle(str(cfg["model.bundle_dir"]))
-        self.bundle = bundle
-        self.backend = create_backend(
-            bundle,
-            str(cfg["model.backend"]),
-            str(cfg["model.precision"]),
-            int(cfg["model.device_id"]),
-            engine_cache_dir=str(cfg["model.engine_cache_dir"]) or None,
-            build_engine_if_missing=bool(cfg["model.build_engine_if_missing"]),
-        )
+        self.load_model()
         self.map = self._read_map()
         faiss.omp_set_num_threads(1)  # one query at a time: FAISS's spinning threads only add latency
         self.get_logger().info(
-            f"model {bundle.summary()} on {self.backend.describe()}; map {cfg['map.dir']}: {len(self.map)} "
-            f"keyframes in frame '{self.map.frame_id}'; similarity threshold {self.threshold():.3f}"
+            f"model {self.bundle.summary()} on {self.backend.describe()}; map {cfg['map.dir']}: "
+            f"{len(self.map)} keyframes in frame '{self.map.frame_id}'; "
+            f"similarity threshold {self.threshold():.3f}"
         )
-        self._publish_map_layers()
+        self.publish_map(self.map, self.path_pub, self.map_marker_pub)
 
     def _read_map(self) -> PlaceMap:
         place_map = PlaceMap.load(
@@ -253,7 +239,7 @@ class Localizer(VprNode):
             return response
         with self._map_lock:
             self.map = fresh
-        self._publish_map_layers()
+        self.publish_map(self.map, self.path_pub, self.map_marker_pub)
         response.success, response.message = True, f"{len(fresh)} keyframes from {self.config['map.dir']}"
         return response
 
@@ -263,12 +249,6 @@ class Localizer(VprNode):
         return response
 
     # ---------------------------------------------------------------- outputs
-
-    def _publish_map_layers(self) -> None:
-        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.map.frame_id)
-        self.path_pub.publish(messages.keyframe_path(header, self.map.positions, self.map.orientations))
-        if self.config["output.publish_markers"]:
-            self.map_marker_pub.publish(messages.map_markers(header, self.map.positions))
 
     def status(self) -> tuple[bytes, str, dict[str, Any]]:
         if self.map is None:

@@ -18,18 +18,14 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry, Path
 from rclpy.qos import QoSProfile
-from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from vpr_ros.backends import create_backend
-from vpr_ros.bundle import load_bundle
 from vpr_ros.errors import InputError
 from vpr_ros.geometry import compose, parse_extrinsic
 from vpr_ros.image_codec import message_to_rgb
 from vpr_ros.keyframes import KeyframeSelector
 from vpr_ros.map_builder import MapBuilder
-from vpr_ros.nodes import messages
 from vpr_ros.nodes import params as P
 from vpr_ros.nodes.common import CAMERA_QOS, LATCHED_QOS, VprNode, run
 from vpr_ros.place_map import PlaceMap, check_target
@@ -52,7 +48,6 @@ class Mapper(VprNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("vpr_mapper", **kwargs)
         self.builder: MapBuilder | None = None
-        self.backend = None
         self.pairer: ImagePosePairer | None = None
         self.frame_id = ""
         self.saved_to = ""
@@ -69,20 +64,9 @@ class Mapper(VprNode):
 
     def load(self) -> None:
         cfg = self.config
-        for name in ("model.bundle_dir", "map.dir"):
-            if not cfg[name]:
-                raise InputError(f"parameter {name} is required")
         out = FsPath(str(cfg["map.dir"])).expanduser()
         check_target(out, cfg["map.overwrite"], f"map.dir {out}", "set map.overwrite")  # save's checks
-        self.bundle = load_bundle(str(cfg["model.bundle_dir"]))
-        self.backend = create_backend(
-            self.bundle,
-            str(cfg["model.backend"]),
-            str(cfg["model.precision"]),
-            int(cfg["model.device_id"]),
-            engine_cache_dir=str(cfg["model.engine_cache_dir"]) or None,
-            build_engine_if_missing=bool(cfg["model.build_engine_if_missing"]),
-        )
+        self.load_model()
         try:
             self.extrinsic = parse_extrinsic(cfg["frames.camera_extrinsic"])
         except InputError as exc:
@@ -162,11 +146,7 @@ class Mapper(VprNode):
         if not self._keyframes_changed or self.builder is None:
             return
         self._keyframes_changed = False
-        place_map = self.builder.place_map
-        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=place_map.frame_id)
-        self.path_pub.publish(messages.keyframe_path(header, place_map.positions, place_map.orientations))
-        if self.config["output.publish_markers"]:
-            self.marker_pub.publish(messages.map_markers(header, place_map.positions))
+        self.publish_map(self.builder.place_map, self.path_pub, self.marker_pub)
 
     def save(self) -> str:
         """Save the map atomically; returns a one-line summary (raises InputError on failure)."""
