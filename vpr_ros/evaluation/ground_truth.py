@@ -80,14 +80,8 @@ def open_query_bag(
     return info, iter_frames(info.path, info.image_topic, info.pose_topic, tolerance_s)
 
 
-def read_ground_truth(
-    bag: Path | str,
-    image_topic: str | None = None,
-    pose_topic: str | None = None,
-    tolerance_s: float = DEFAULT_TOLERANCE_S,
-) -> GroundTruth:
-    """Every frame's pose, without decoding a single image."""
-    info, stream = open_query_bag(bag, image_topic, pose_topic, tolerance_s)
+def read_ground_truth(info: BagInfo, stream: FrameStream) -> GroundTruth:
+    """Every frame's pose from an :func:`open_query_bag` stream, without decoding a single image."""
     recorder = TruthRecorder(info)
     for frame in stream:
         recorder.add(frame.stamp_ns, frame.position, frame.orientation)

@@ -40,7 +40,7 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from vpr_ros import match_table
 from vpr_ros.errors import BackendError, InputError
 from vpr_ros.evaluation.answers import AnswerLog
-from vpr_ros.evaluation.ground_truth import check_same_frame, read_ground_truth
+from vpr_ros.evaluation.ground_truth import check_same_frame, open_query_bag, read_ground_truth
 from vpr_ros.evaluation.metrics import EvalSettings
 from vpr_ros.evaluation.session import finish, prepare
 from vpr_ros.nodes import params as P
@@ -74,13 +74,14 @@ class ReplayEvaluator(Node):
             settings,
             cfg["search.similarity_threshold"],
         )
-        self.truth = read_ground_truth(
+        info, stream = open_query_bag(
             cfg["bag"],
             cfg["input.image_topic"] or None,
             cfg["input.pose_topic"] or None,
             cfg["input.sync_tolerance_s"],
         )
-        check_same_frame(self.truth.info, self.inputs.place_map, self.inputs.map_dir)
+        check_same_frame(info, self.inputs.place_map, self.inputs.map_dir)  # before reading the bag
+        self.truth = read_ground_truth(info, stream)
         self.config = cfg
         self.expected = {int(s) for s in self.truth.stamps_ns}
         self.answers: dict[int, tuple[np.ndarray, int]] = {}  # stamp -> match table, received ns
