@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import re
 import secrets
@@ -174,3 +175,13 @@ def check_replaceable(
         raise error(f"{where}: exists and is not empty; {hint} to replace the {kind} there")
     if not is_ours(directory):
         raise error(f"{where}: exists and is not a {kind}; refusing to replace it")
+
+
+def has_schema(directory: Path, meta_file: str, family: str) -> bool:
+    """Does ``directory`` hold ``meta_file`` whose "schema" is of ``family`` (e.g. ``vpr_ros.place_map``,
+    any version)? What :func:`check_replaceable` asks before replacing a directory."""
+    try:
+        schema = json.loads((directory / meta_file).read_text()).get("schema", "")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(schema, str) and schema.startswith(family + "/")

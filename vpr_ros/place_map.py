@@ -59,6 +59,7 @@ from vpr_ros.bundle import sha256_file
 from vpr_ros.errors import InputError
 from vpr_ros.fileio import (
     check_replaceable,
+    has_schema,
     interrupted_replacement,
     replace_directory,
     require,
@@ -501,11 +502,7 @@ def check_target(
 
 def is_place_map(directory: Path) -> bool:
     """Does ``directory`` hold a place map (a map.json of this schema family)?"""
-    try:
-        schema = json.loads((directory / META_FILE).read_text()).get("schema", "")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return isinstance(schema, str) and schema.startswith("vpr_ros.place_map/")
+    return has_schema(directory, META_FILE, SCHEMA.split("/")[0])
 
 
 # ---------------------------------------------------------------------- reading

@@ -20,7 +20,13 @@ import numpy as np
 
 from vpr_ros.evaluation import plots
 from vpr_ros.evaluation.metrics import WITHIN_M, Evaluation
-from vpr_ros.fileio import check_replaceable, replace_directory, staging_directory, sweep_leftovers
+from vpr_ros.fileio import (
+    check_replaceable,
+    has_schema,
+    replace_directory,
+    staging_directory,
+    sweep_leftovers,
+)
 from vpr_ros.place_map import PlaceMap
 
 REPORT_SCHEMA = "vpr_ros.eval_report/1"
@@ -49,11 +55,7 @@ def check_report_dir(out: Path, overwrite: bool) -> None:
 
 
 def _is_report(directory: Path) -> bool:
-    try:
-        schema = json.loads((directory / REPORT_JSON).read_text()).get("schema", "")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return isinstance(schema, str) and schema.startswith(REPORT_SCHEMA.split("/")[0] + "/")
+    return has_schema(directory, REPORT_JSON, REPORT_SCHEMA.split("/")[0])
 
 
 def write_report(out: Path, evaluation: Evaluation, place_map: PlaceMap, run: dict, overwrite: bool) -> Path:
