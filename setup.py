@@ -88,6 +88,7 @@ setup(
             "vpr-build-engine = vpr_ros.build_engine:main",
             "vpr-build-map = vpr_ros.build_map:main",
             "vpr-eval = vpr_ros.evaluation.offline:main",
+            "vpr-bench = vpr_ros.evaluation.bench:main",
             "vpr-replay = vpr_ros.replay:main",
             "vpr_localizer = vpr_ros.nodes.localizer:main",
             "vpr_mapper = vpr_ros.nodes.mapper:main",

@@ -24,7 +24,8 @@ Definitions (one query = one frame with ground truth that was answered):
   precision = TP / accepted, recall = TP / on-route queries, so an accepted off-route query costs
   precision. The best threshold maximises F1; average precision is the area under the curve
   (sum of precision at each true positive / on-route queries). At the configured threshold the
-  report adds the share of off-route queries refused.
+  report adds the share of off-route queries refused. The curve is :func:`precision_recall`, which
+  ``vpr-bench`` uses too (queries without a match in an image-folder set play the off-route part).
 - **latency**: percentiles of the per-frame time from image arrival to answer, where measured;
   **dropped**: frames with ground truth that got no answer.
 """
@@ -324,46 +325,62 @@ def _pose_estimates(
     return {"queries": len(chosen), "threshold": tau, "rows": table}, errors
 
 
-def _unknown_place(
-    top_score: np.ndarray | None, top_correct: np.ndarray | None, on_route: np.ndarray, settings: EvalSettings
-) -> dict | None:
-    n_on = int(on_route.sum())
-    if top_score is None:
-        return None
-    true_positive = on_route & top_correct
+def precision_recall(top_score: np.ndarray, true_positive: np.ndarray, positives: int) -> dict:
+    """The precision-recall curve of accepting a query when its top-1 score is >= a threshold.
+
+    ``top_score`` [Q]: each query's best score (higher is more similar; -inf for a query with no
+    result, which no threshold accepts). ``true_positive`` [Q]: the query has a correct top-1
+    result. ``positives``: how many queries could be recalled at all (those with a correct answer
+    somewhere); the others are queries that should be refused and only cost precision when
+    accepted. Returns ``average_precision`` (sum of precision at each true positive / positives;
+    None without positives), ``curve`` (threshold, precision, recall at every distinct finite
+    score, descending) and ``best`` (the best-F1 point; None without positives or scores).
+    """
     order = np.argsort(-top_score, kind="stable")
     sorted_scores = top_score[order]
     tp = np.cumsum(true_positive[order])
     accepted = np.arange(1, len(order) + 1)
     # a threshold accepts every query scoring >= it, so only the last of a run of equal scores counts
     last = np.append(sorted_scores[1:] != sorted_scores[:-1], True) & np.isfinite(sorted_scores)
-    precision, recall = tp / accepted, tp / max(n_on, 1)
+    precision, recall = tp / accepted, tp / max(positives, 1)
     f1 = np.where(tp > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-    # with no on-route query there is nothing to recall: only the refusals mean something
-    average_precision = float(np.sum(precision[true_positive[order]]) / n_on) if n_on else None
-    result: dict = {
-        "on_route_queries": n_on,
-        "off_route_queries": int((~on_route).sum()),
+    # with no positive query there is nothing to recall: only the refusals mean something
+    average_precision = float(np.sum(precision[true_positive[order]]) / positives) if positives else None
+    best = None
+    if last.any() and positives:
+        i = np.flatnonzero(last)[np.argmax(f1[last])]
+        best = {
+            "threshold": float(sorted_scores[i]),
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+        }
+    return {
         "average_precision": average_precision,
         "curve": {
             "threshold": sorted_scores[last].astype(float).tolist(),
             "precision": precision[last].tolist(),
             "recall": recall[last].tolist(),
         },
-        "best": None,
-        "configured": None,
+        "best": best,
     }
-    if last.any() and n_on:
-        best = np.flatnonzero(last)[np.argmax(f1[last])]
-        result["best"] = {
-            "threshold": float(sorted_scores[best]),
-            "precision": float(precision[best]),
-            "recall": float(recall[best]),
-            "f1": float(f1[best]),
-        }
-    if settings.threshold is not None:
-        result["configured"] = _at_threshold(top_score, true_positive, on_route, settings.threshold)
-    return result
+
+
+def _unknown_place(
+    top_score: np.ndarray | None, top_correct: np.ndarray | None, on_route: np.ndarray, settings: EvalSettings
+) -> dict | None:
+    if top_score is None:
+        return None
+    n_on = int(on_route.sum())
+    true_positive = on_route & top_correct
+    return {
+        "on_route_queries": n_on,
+        "off_route_queries": int((~on_route).sum()),
+        **precision_recall(top_score, true_positive, n_on),
+        "configured": None
+        if settings.threshold is None
+        else _at_threshold(top_score, true_positive, on_route, settings.threshold),
+    }
 
 
 def _at_threshold(top_score: np.ndarray, true_positive: np.ndarray, on_route: np.ndarray, tau: float) -> dict:

@@ -6,11 +6,15 @@ has no pose estimates, a run without headings no second recall curve. Figures ar
 ``matplotlib.figure.Figure`` (the Agg renderer, no pyplot), as in ``training.evaluation.plots``,
 so plotting works headless, keeps no global figure state to close, and never changes the
 process-wide backend of whoever imports this.
+
+``vpr-bench`` (image-folder datasets, no map) draws its precision-recall curve and a grid of
+example matches with :func:`precision_recall_curve` and :func:`example_matches`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -87,20 +91,71 @@ def pr_curve(report: dict, evaluation: Evaluation, place_map: PlaceMap, png: Pat
     unknown = report["unknown_place"]
     if unknown is None or not unknown["curve"]["recall"] or not unknown["on_route_queries"]:
         return False  # with nothing on the route there is nothing to recall
-    figure, ax = axes(
-        f"Unknown place: precision vs recall (AP {unknown['average_precision']:.3f})", "recall", "precision"
-    )
-    ax.plot(unknown["curve"]["recall"], unknown["curve"]["precision"], color="C0", label="threshold swept")
-    best, configured = unknown["best"], unknown["configured"]
-    if best is not None:
-        label = f"best F1 {best['f1']:.2f} at {best['threshold']:.3g}"
-        ax.plot(best["recall"], best["precision"], "*", markersize=14, color="C1", label=label)
+    figure, ax = _precision_recall_axes(unknown, "Unknown place: precision vs recall")
+    configured = unknown["configured"]
     if configured is not None and configured["precision"] is not None:
         label = f"configured {configured['threshold']:.3g} (F1 {configured['f1']:.2f})"
         ax.plot(configured["recall"], configured["precision"], "o", markersize=9, color="C3", label=label)
+    return _save(figure, ax, png)
+
+
+def _precision_recall_axes(pr: dict, title: str) -> tuple[Figure, Axes]:
+    """The curve and best-F1 point of a :func:`vpr_ros.evaluation.metrics.precision_recall` result."""
+    figure, ax = axes(f"{title} (AP {pr['average_precision']:.3f})", "recall", "precision")
+    ax.plot(pr["curve"]["recall"], pr["curve"]["precision"], color="C0", label="threshold swept")
+    best = pr["best"]
+    if best is not None:
+        label = f"best F1 {best['f1']:.2f} at {best['threshold']:.3g}"
+        ax.plot(best["recall"], best["precision"], "*", markersize=14, color="C1", label=label)
     ax.set_xlim(0.0, 1.02)
     ax.set_ylim(0.0, 1.02)
+    return figure, ax
+
+
+def precision_recall_curve(pr: dict, title: str, png: Path) -> bool:
+    """Precision against recall of accepting a query's top-1 as its score threshold sweeps (a
+    ``precision_recall`` result, e.g. vpr-bench's), the best-F1 threshold marked; False without
+    a curve (no query has a match, or no score)."""
+    if pr["average_precision"] is None or not pr["curve"]["recall"]:
+        return False
+    figure, ax = _precision_recall_axes(pr, title)
     return _save(figure, ax, png)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One image of :func:`example_matches`: RGB uint8, a caption above it, and whether it is a
+    correct match (green border), a wrong one (red) or the query itself (None: no border)."""
+
+    image: np.ndarray
+    caption: str
+    correct: bool | None = None
+
+
+def example_matches(rows: list[list[Tile]], title: str, png: Path) -> bool:
+    """A grid of retrieval examples: one row per query, the query first and its top results after
+    it, each result framed green when correct and red when wrong. False when there are no rows."""
+    if not rows:
+        return False
+    columns = max(len(row) for row in rows)
+    figure = Figure(figsize=(2.0 * columns, 1.9 * len(rows) + 0.4), layout="constrained")
+    figure.suptitle(title)
+    grid = figure.subplots(len(rows), columns, squeeze=False)
+    for tiles, line in zip(rows, grid):
+        for ax, tile in zip(line, [*tiles, *[None] * (columns - len(tiles))]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if tile is None:
+                ax.set_axis_off()
+                continue
+            ax.imshow(tile.image)
+            ax.set_title(tile.caption, fontsize="x-small")
+            colour = {None: "0.4", True: "tab:green", False: "tab:red"}[tile.correct]
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(1.0 if tile.correct is None else 4.0)
+    figure.savefig(png, format="png", dpi=DPI)
+    return True
 
 
 def trajectory(report: dict, evaluation: Evaluation, place_map: PlaceMap, png: Path) -> bool:
