@@ -93,6 +93,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _export(args: argparse.Namespace) -> None:
+    from training.config import load_config
     from training.export import (
         check_out,
         export_bundle,
@@ -101,6 +102,7 @@ def _export(args: argparse.Namespace) -> None:
         image_folder,
         procedural_images,
         sample_images,
+        untrained,
     )
 
     check_out(args.out, args.overwrite)
@@ -110,10 +112,18 @@ def _export(args: argparse.Namespace) -> None:
         raise UserError(f"--pca-dim must be >= 1, got {args.pca_dim}")
     if args.similarity_threshold is not None and not -1.0 <= args.similarity_threshold <= 1.0:
         raise UserError(f"--similarity-threshold is a cosine in [-1, 1], got {args.similarity_threshold}")
-    if (args.checkpoint is None) == (args.gcl_checkpoint is None):
-        raise UserError("give exactly one of --checkpoint and --gcl-checkpoint")
+    if (args.checkpoint is not None) + (args.gcl_checkpoint is not None) + args.untrained != 1:
+        raise UserError("give exactly one of --checkpoint, --gcl-checkpoint and --untrained")
+    if args.untrained != (args.config is not None):
+        raise UserError("--untrained exports a recipe's network as it starts: pass it with --config RECIPE")
+    if args.threshold_origin is not None and args.similarity_threshold is None:
+        raise UserError("--threshold-origin says where --similarity-threshold came from: pass both")
+    if (args.guard_set or args.force) and args.guard_against is None:
+        raise UserError("--guard-set and --force belong to the export guard: pass --guard-against BUNDLE")
     if args.checkpoint is not None:
         source = from_checkpoint(args.checkpoint)
+    elif args.untrained:
+        source = untrained(load_config(args.config))
     else:
         source = from_gcl(args.gcl_checkpoint, args.backbone, args.pooling)
     if args.input_size is not None:
@@ -130,7 +140,8 @@ def _export(args: argparse.Namespace) -> None:
             return sample_images(image_folder(folder), count), f"{folder} ({what})"
         paths = source.data_roots.get(default_key) or []
         if paths:
-            return sample_images(paths, count), f"the recipe's data.{default_key} database"
+            part = "training images" if default_key == "train" else "data.val database"
+            return sample_images(paths, count), f"the recipe's {part}: {source.data_description[default_key]}"
         return None, None
 
     pca = None
@@ -139,6 +150,15 @@ def _export(args: argparse.Namespace) -> None:
         if pca_images is None:
             raise UserError("--pca-dim needs --pca-images DIR (the checkpoint names no training images here)")
         pca = (args.pca_dim, pca_images, origin)
+    guard = None
+    if args.guard_against is not None:
+        from training.guard import GuardSet, compare, guard_datasets
+
+        guard_sets = guard_datasets(source.recipe, [GuardSet.parse(text) for text in args.guard_set])
+
+        def guard(bundle_dir: Path) -> dict:
+            return compare(bundle_dir, args.guard_against, guard_sets, args.force)
+
     parity, parity_origin = images(args.parity_images, "val", args.parity_count, "parity")
     if parity is None:
         parity, parity_origin = procedural_images(args.parity_count), "procedural noise images (seed 0)"
@@ -151,6 +171,8 @@ def _export(args: argparse.Namespace) -> None:
         args.similarity_threshold,
         args.overwrite,
         torch_program=not args.no_torch_program,
+        threshold_origin=args.threshold_origin,
+        guard=guard,
     )
     out = meta["output"]
     checks = ", ".join(
@@ -223,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--gcl-checkpoint", type=Path, help="an official GCL release, e.g. MSLS_resnet50_GeM_480_GCL.pth"
     )
+    export.add_argument(
+        "--untrained",
+        action="store_true",
+        help="the --config recipe's network with its pre-trained (ImageNet) weights, not fine-tuned",
+    )
+    export.add_argument("--config", type=Path, help="the recipe --untrained reads (model and training data)")
     export.add_argument("--backbone", help="GCL checkpoint backbone (default: read from the file name)")
     export.add_argument("--pooling", choices=("gem", "avg", "netvlad"), help="GCL checkpoint pooling")
     export.add_argument("--out", type=Path, required=True, help="bundle directory (must be new or empty)")
@@ -240,10 +268,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--similarity-threshold", type=float, help="suggested 'unknown place' cosine threshold for model.json"
     )
     export.add_argument(
+        "--threshold-origin", help="where --similarity-threshold comes from (recorded in model.json)"
+    )
+    export.add_argument(
         "--no-torch-program",
         action="store_true",
         help="leave out model.pt2 (halves the bundle; no PyTorch backend for it)",
     )
+    export.add_argument(
+        "--guard-against",
+        metavar="BUNDLE",
+        help="refuse to export unless the new bundle's mean recall@1 on the recipe's data.val and the "
+        "--guard-set folders is at least this bundle's ('default': the shipped one)",
+    )
+    export.add_argument(
+        "--guard-set",
+        action="append",
+        default=[],
+        metavar="DIR[:N]",
+        help="an image-folder set (query/ + ref/) the guard also scores; :N = an ordered route, +-N frames",
+    )
+    export.add_argument("--force", action="store_true", help="export even when the guard finds it worse")
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
     export.set_defaults(run=_export)
     return parser

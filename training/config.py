@@ -21,7 +21,7 @@ import yaml
 
 from training.errors import UserError
 
-FORMATS = ("msls", "pittsburgh", "tbplaces", "trajectory")
+FORMATS = ("msls", "pittsburgh", "tbplaces", "trajectory", "vpr_folder")
 LOSSES = ("gcl", "contrastive", "sare_joint", "sare_ind", "triplet")
 
 
@@ -31,9 +31,12 @@ class DataSource:
 
     ``format``: msls (``root`` = MSLS root, ``cities``, ``split``), pittsburgh (``root``, ``split``,
     ``variant``), tbplaces (``root``, ``database_set``, ``query_set``), trajectory (``database`` and
-    ``queries``: lists of rosbag2 folders). ``query_tags`` keeps only the queries whose tag (MSLS
-    sequence key, traverse name) is listed; ``query_conditions`` does the same by synthetic-world
-    condition name (read from ``world.json`` next to ``root``).
+    ``queries``: lists of rosbag2 folders), vpr_folder (``root`` = a ``query/`` + ``ref/`` image
+    folder, ``layout`` pairs or route, ``frame_spacing_m`` and ``tolerance`` for a route,
+    ``index_range`` [start, stop] to keep part of it: :mod:`training.datasets.vpr_folders`).
+    ``query_tags`` keeps only the queries whose tag (MSLS sequence key, traverse name) is listed;
+    ``query_conditions`` does the same by synthetic-world condition name (read from ``world.json``
+    next to ``root``).
     """
 
     format: str = "msls"
@@ -47,11 +50,19 @@ class DataSource:
     queries: list[str] | None = None
     query_tags: list[str] | None = None
     query_conditions: list[str] | None = None
+    layout: str = "pairs"
+    frame_spacing_m: float = 10.0
+    tolerance: int = 0
+    index_range: list[int] | None = None
 
 
 @dataclass
 class DataConfig:
+    """``train`` and every ``extra_train`` source are trained on together (labels never span two
+    sources); ``val`` chooses the best checkpoint."""
+
     train: DataSource = field(default_factory=DataSource)
+    extra_train: list[DataSource] = field(default_factory=list)
     val: DataSource | None = None
     cache_dir: str = "runs/cache"  # graded labels and images extracted from bags
 
@@ -259,7 +270,9 @@ def validate(cfg: Config, source: str) -> None:
         if not ok:
             raise UserError(f"{source}: {message}")
 
-    for name, src in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
+    sources = [("data.train", cfg.data.train), ("data.val", cfg.data.val)]
+    sources += [(f"data.extra_train[{i}]", src) for i, src in enumerate(cfg.data.extra_train)]
+    for name, src in sources:
         if src is None:
             continue
         need(src.format in FORMATS, f"{name}.format must be one of {', '.join(FORMATS)}, got {src.format!r}")
@@ -270,6 +283,15 @@ def validate(cfg: Config, source: str) -> None:
             )
         else:
             need(bool(src.root), f"{name}.root is required for format {src.format}")
+        if src.format == "vpr_folder":
+            need(src.layout in ("pairs", "route"), f"{name}.layout must be pairs or route")
+            need(src.frame_spacing_m > 0, f"{name}.frame_spacing_m must be > 0")
+            need(src.tolerance >= 0, f"{name}.tolerance must be >= 0")
+            need(
+                src.index_range is None
+                or (len(src.index_range) == 2 and 0 <= src.index_range[0] < src.index_range[1]),
+                f"{name}.index_range must be [start, stop] with 0 <= start < stop",
+            )
     need(cfg.loss.name in LOSSES, f"loss.name must be one of {', '.join(LOSSES)}, got {cfg.loss.name!r}")
     need(
         cfg.loss.kernel in ("gaussian", "cauchy", "exponential"),

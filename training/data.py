@@ -23,6 +23,11 @@ from training.similarity import binary_positives, graded_labels
 log = logging.getLogger(__name__)
 
 
+def load_sources(sources: list[DataSource], cache_dir: Path) -> list[PlaceDataset]:
+    """Every dataset of several sources, in order (``data.train`` then ``data.extra_train``)."""
+    return [dataset for src in sources for dataset in load_source(src, cache_dir)]
+
+
 def load_source(src: DataSource, cache_dir: Path) -> list[PlaceDataset]:
     """Read the datasets a ``DataSource`` names and apply its query filters."""
     if src.format == "msls":
@@ -37,6 +42,11 @@ def load_source(src: DataSource, cache_dir: Path) -> list[PlaceDataset]:
         from training.datasets.tbplaces import read_tbplaces
 
         datasets = [read_tbplaces(Path(src.root), src.database_set, src.query_set)]
+    elif src.format == "vpr_folder":
+        from training.datasets.vpr_folders import read_vpr_folder
+
+        span = None if src.index_range is None else (src.index_range[0], src.index_range[1])
+        datasets = [read_vpr_folder(Path(src.root), src.layout, src.frame_spacing_m, src.tolerance, span)]
     else:
         from training.datasets.trajectory import read_bag_trajectory, trajectory_dataset
 

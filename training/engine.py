@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training.config import Config, from_dict
-from training.data import TrainingPlaces, load_source
+from training.data import TrainingPlaces, load_source, load_sources
 from training.datasets.base import PlaceDataset
 from training.datasets.images import ImageListDataset, load_image
 from training.errors import UserError
@@ -279,7 +279,7 @@ class Trainer:
             raise UserError(f"--resume: {last} not found")
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.train.seed)
-        self.places = TrainingPlaces.of(load_source(cfg.data.train, self.cache_dir))
+        self.places = TrainingPlaces.of(load_sources([cfg.data.train, *cfg.data.extra_train], self.cache_dir))
         self.val = load_source(cfg.data.val, self.cache_dir) if cfg.data.val else []
         self.model, self.model_info = build_model(model_config(cfg))
         self.model.to(self.dist.device)

@@ -21,7 +21,8 @@ import os
 import re
 import shutil
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.data import load_source
-from training.engine import load_checkpoint, model_from_checkpoint
+from training.config import Config
+from training.data import load_sources
+from training.engine import load_checkpoint, model_config, model_from_checkpoint
 from training.errors import UserError
 from training.models import ModelConfig, PlaceNet, build_model, fit_pca_whitening, load_gcl_state_dict
 from vpr_ros.bundle import META_FILE, ONNX_FILE, SCHEMA, TORCH_FILE, content_hash, load_bundle, sha256_file
@@ -64,22 +66,27 @@ class Source:
     architecture: dict[str, Any]
     training: dict[str, Any]
     data_roots: dict[str, list[Path]]  # 'train' / 'val' image paths the recipe names, when present
+    data_description: dict[str, str | None] = field(default_factory=dict)  # what those paths are
+    recipe: Config | None = None  # the training config, where the source has one
 
 
 # ----------------------------------------------------------------------------- sources
 
 
 def _dataset_paths(cfg, section: str) -> list[Path]:
-    """Database images of the recipe's data.train or data.val, when they exist on this machine."""
-    src = getattr(cfg.data, section, None)
-    if src is None:
-        return []
+    """Images of the recipe's training sources (data.train and data.extra_train, database and
+    queries: what PCA-whitening is fitted on) or of its data.val database (the parity sample),
+    when they exist on this machine."""
+    if section == "train":
+        sources, sides = [cfg.data.train, *cfg.data.extra_train], ("database", "queries")
+    else:
+        sources, sides = [cfg.data.val] if cfg.data.val is not None else [], ("database",)
     try:
-        datasets = load_source(src, Path(cfg.data.cache_dir))
+        datasets = load_sources(sources, Path(cfg.data.cache_dir))
     except (UserError, OSError) as exc:
         log.info("data.%s not usable for export samples: %s", section, exc)
         return []
-    return [p for d in datasets for p in d.database.paths]
+    return [p for d in datasets for side in sides for p in getattr(d, side).paths]
 
 
 def from_checkpoint(path: Path) -> Source:
@@ -97,17 +104,63 @@ def from_checkpoint(path: Path) -> Source:
             "checkpoint_sha256": sha256_file(path),
             "step": int(state.get("step", 0)),
             "loss": cfg.loss.name,
-            "train_data": _describe_source(cfg.data.train),
+            "train_data": _describe_sources([cfg.data.train, *cfg.data.extra_train]),
             "val_data": _describe_source(cfg.data.val),
+            "selected_on": f"{cfg.train.select_metric} on data.val" if path.name == "best.pt" else None,
             "weights_init": m.weights,
         },
-        data_roots={"train": _dataset_paths(cfg, "train"), "val": _dataset_paths(cfg, "val")},
+        **_recipe_images(cfg),
     )
+
+
+def _recipe_images(cfg: Config) -> dict[str, dict]:
+    """The ``data_roots`` and ``data_description`` of a Source made from a recipe."""
+    return {
+        "data_roots": {"train": _dataset_paths(cfg, "train"), "val": _dataset_paths(cfg, "val")},
+        "data_description": {
+            "train": _describe_sources([cfg.data.train, *cfg.data.extra_train]),
+            "val": _describe_source(cfg.data.val),
+        },
+        "recipe": cfg,
+    }
+
+
+def untrained(cfg: Config) -> Source:
+    """The recipe's network as training would start it: its backbone with the pre-trained (ImageNet)
+    weights and its pooling, not fine-tuned. This is the off-the-shelf baseline every fine-tuned
+    model has to beat, and a model in its own right (with PCA-whitening fitted on the recipe's
+    training images)."""
+    config = model_config(cfg)
+    model, info = build_model(config)
+    if cfg.model.weights != "none" and not info["pretrained"]:
+        raise UserError(f"no {cfg.model.weights} weights for {config.backbone} here ({info['weights']})")
+    m = cfg.model
+    return Source(
+        model=model,
+        input_size=(int(m.input_size[0]), int(m.input_size[1])),
+        architecture={"backbone": m.backbone, "pooling": m.pooling, "pool_dim": model.pool_dim},
+        training={
+            "source": f"{m.weights} weights, not fine-tuned ({info['weights']})",
+            "checkpoint": None,
+            "step": 0,
+            "loss": None,
+            "train_data": None,
+            "weights_init": m.weights,
+        },
+        **_recipe_images(cfg),
+    )
+
+
+def _describe_sources(sources) -> str:
+    return " + ".join(text for text in map(_describe_source, sources) if text)
 
 
 def _describe_source(src) -> str | None:
     if src is None:
         return None
+    if src.format == "vpr_folder":
+        span = "" if src.index_range is None else f" [{src.index_range[0]}:{src.index_range[1]}]"
+        return f"vpr_folder {src.root}{span} ({src.layout})"
     tags = src.query_conditions or src.query_tags
     return f"{src.format} {src.root or ''} {src.split}" + (f" queries {','.join(tags)}" if tags else "")
 
@@ -345,11 +398,16 @@ def export_bundle(
     similarity_threshold: float | None = None,
     overwrite: bool = False,
     torch_program: bool = True,
+    threshold_origin: str | None = None,
+    guard: Callable[[Path], dict] | None = None,
 ) -> dict[str, Any]:
     """Write the bundle for ``source`` at ``out`` (atomically) and return its model.json.
 
     ``pca`` = (dim, images, origin) fits PCA-whitening on those images first. ``torch_program``
     False leaves out ``model.pt2`` (half the size; the PyTorch backend is then unavailable).
+    ``guard`` scores the finished bundle (still in its staging directory) against the model it
+    started from and raises to refuse it (:func:`training.guard.compare`); what it returns is
+    recorded in model.json.
     """
     out = Path(out)
     check_out(out, overwrite)
@@ -402,7 +460,7 @@ def export_bundle(
             },
             "architecture": {**source.architecture, "whitening": whitening},
             "training": source.training,
-            "localization": {"similarity_threshold": similarity_threshold},
+            "localization": {"similarity_threshold": similarity_threshold, "chosen_on": threshold_origin},
             "export": {
                 "tool": "python -m training export",
                 "opset": OPSET,
@@ -413,6 +471,9 @@ def export_bundle(
         _write_json(staging / META_FILE, meta)
         meta["parity"] = {"sample": parity_origin, **parity_check(model, staging, parity_images)}
         _write_json(staging / META_FILE, meta)
+        if guard is not None:
+            meta["guard"] = guard(staging)
+            _write_json(staging / META_FILE, meta)
         _fsync_dir(staging)
         _replace_dir(staging, out)
     except BundleError as exc:
