@@ -100,6 +100,32 @@ def test_untrained_export_fits_pca_on_the_recipes_training_images(tmp_path, caps
     assert training_main(["export", "--untrained", "--out", str(tmp_path / "x")]) == 2
     assert "--config" in capsys.readouterr().err
 
+    # the threshold from a real set with distractors: 8 places in the map, 4 queries of places not in it
+    calibration = tmp_path / "calibration"
+    for sub in ("query", "ref"):
+        (calibration / sub).mkdir(parents=True)
+    for i in range(12):
+        (calibration / "query" / f"{i}.png").symlink_to(folder / "query" / f"{i}.png")
+        if i < 8:
+            (calibration / "ref" / f"{i}.png").symlink_to(folder / "ref" / f"{i}.png")
+    rows = np.empty((12, 2), dtype=object)
+    for i in range(12):
+        rows[i, 0], rows[i, 1] = i, [i] if i < 8 else []
+    np.save(calibration / "ground_truth.npy", rows, allow_pickle=True)
+    code = training_main(
+        ["export", "--untrained", "--config", str(recipe), "--out", str(tmp_path / "calibrated"),
+         "--threshold-set", str(calibration), "--no-torch-program"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    localization = json.loads((tmp_path / "calibrated" / "model.json").read_text())["localization"]
+    assert 0 < localization["similarity_threshold"] <= 1
+    assert "12 queries, 4 without a match" in localization["chosen_on"]
+    code = training_main(
+        ["export", "--untrained", "--config", str(recipe), "--out", str(tmp_path / "y"),
+         "--threshold-set", str(folder), "--no-torch-program"]
+    )  # fmt: skip
+    assert code == 2 and "needs queries with and without a match" in capsys.readouterr().err
+
 
 @pytest.fixture(scope="module")
 def own_run(tmp_path_factory, small_world) -> tuple[Path, Path]:

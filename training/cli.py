@@ -116,6 +116,8 @@ def _export(args: argparse.Namespace) -> None:
         raise UserError("give exactly one of --checkpoint, --gcl-checkpoint and --untrained")
     if args.untrained != (args.config is not None):
         raise UserError("--untrained exports a recipe's network as it starts: pass it with --config RECIPE")
+    if args.threshold_set is not None and args.similarity_threshold is not None:
+        raise UserError("give --similarity-threshold or --threshold-set, not both")
     if args.threshold_origin is not None and args.similarity_threshold is None:
         raise UserError("--threshold-origin says where --similarity-threshold came from: pass both")
     if (args.guard_set or args.force) and args.guard_against is None:
@@ -173,6 +175,7 @@ def _export(args: argparse.Namespace) -> None:
         torch_program=not args.no_torch_program,
         threshold_origin=args.threshold_origin,
         guard=guard,
+        threshold_set=args.threshold_set,
     )
     out = meta["output"]
     checks = ", ".join(
@@ -185,6 +188,12 @@ def _export(args: argparse.Namespace) -> None:
         f"{out['dim']}-D at {meta['input']['height']}x{meta['input']['width']}, {meta['content_hash'][:19]}"
     )
     print(f"parity on {meta['parity']['images']} images ({parity_origin}): {checks}")
+    if args.threshold_set is not None:
+        localization = meta["localization"]
+        print(f"unknown-place threshold {localization['similarity_threshold']}: {localization['chosen_on']}")
+    if "guard" in meta:
+        guard = meta["guard"]
+        print(f"guard: mean recall@1 {guard['mean']:.3f} vs {guard['start_mean']:.3f} for {guard['start']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--threshold-origin", help="where --similarity-threshold comes from (recorded in model.json)"
+    )
+    export.add_argument(
+        "--threshold-set",
+        type=Path,
+        metavar="DIR",
+        help="set the threshold to the bundle's best-F1 on this image-folder set with distractors",
     )
     export.add_argument(
         "--no-torch-program",

@@ -36,7 +36,7 @@ from training.engine import load_checkpoint, model_config, model_from_checkpoint
 from training.errors import UserError
 from training.models import ModelConfig, PlaceNet, build_model, fit_pca_whitening, load_gcl_state_dict
 from vpr_ros.bundle import META_FILE, ONNX_FILE, SCHEMA, TORCH_FILE, content_hash, load_bundle, sha256_file
-from vpr_ros.errors import BundleError
+from vpr_ros.errors import BundleError, InputError
 from vpr_ros.preprocess import to_input_batch
 
 log = logging.getLogger(__name__)
@@ -400,6 +400,7 @@ def export_bundle(
     torch_program: bool = True,
     threshold_origin: str | None = None,
     guard: Callable[[Path], dict] | None = None,
+    threshold_set: Path | None = None,
 ) -> dict[str, Any]:
     """Write the bundle for ``source`` at ``out`` (atomically) and return its model.json.
 
@@ -407,7 +408,8 @@ def export_bundle(
     False leaves out ``model.pt2`` (half the size; the PyTorch backend is then unavailable).
     ``guard`` scores the finished bundle (still in its staging directory) against the model it
     started from and raises to refuse it (:func:`training.guard.compare`); what it returns is
-    recorded in model.json.
+    recorded in model.json. ``threshold_set`` (an image-folder set whose ground truth leaves some
+    queries without a match) replaces ``similarity_threshold`` by :func:`calibrate_threshold`.
     """
     out = Path(out)
     check_out(out, overwrite)
@@ -474,6 +476,9 @@ def export_bundle(
         if guard is not None:
             meta["guard"] = guard(staging)
             _write_json(staging / META_FILE, meta)
+        if threshold_set is not None:
+            meta["localization"] = calibrate_threshold(staging, threshold_set)
+            _write_json(staging / META_FILE, meta)
         _fsync_dir(staging)
         _replace_dir(staging, out)
     except BundleError as exc:
@@ -481,6 +486,33 @@ def export_bundle(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return meta
+
+
+def calibrate_threshold(bundle_dir: Path, folder: Path) -> dict[str, Any]:
+    """model.json's ``localization``: the best-F1 "unknown place" threshold of the bundle on a real
+    image-folder set whose ground truth leaves some queries without a match (distractors), as
+    ``vpr-bench`` computes it. Without distractors the threshold would only be tuned to refuse
+    wrong top-1 results, never places that are not in the map."""
+    from vpr_ros.evaluation.bench import evaluate, model_method
+    from vpr_ros.evaluation.image_folders import read_dataset
+
+    try:
+        dataset = read_dataset(folder)
+    except InputError as exc:
+        raise UserError(f"--threshold-set: {exc}") from None
+    distractors = int((~dataset.has_match).sum())
+    if not distractors or distractors == len(dataset.queries):
+        raise UserError(
+            f"--threshold-set {folder}: needs queries with and without a match in ref/ "
+            f"({distractors} of {len(dataset.queries)} have none)"
+        )
+    report = evaluate(dataset, model_method(bundle_dir, "onnxruntime", quiet=True)).report
+    best = report["precision_recall"]["best"]
+    return {
+        "similarity_threshold": round(best["threshold"], 4),
+        "chosen_on": f"best F1 on {folder} ({len(dataset.queries)} queries, {distractors} without a match): "
+        f"precision {best['precision']:.3f}, recall {best['recall']:.3f}, F1 {best['f1']:.3f}",
+    }
 
 
 def _write_json(path: Path, data: dict) -> None:

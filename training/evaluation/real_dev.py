@@ -12,17 +12,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
 
-import cv2
 import numpy as np
 
 from training.errors import UserError
-from training.evaluation.baselines import raw_pixel_descriptors, sad_search
+from training.evaluation.baselines import sad_search
 from training.evaluation.metrics import search
-from vpr_ros.backends import create_backend
-from vpr_ros.bundle import default_model_dir, load_bundle
-from vpr_ros.preprocess import to_input_batch
 
 ENV_VAR = "VPR_REAL_DEV"
 SUBSETS = ("MatchingPairs", "MatchingTriplets")
@@ -111,65 +106,3 @@ def real_dev_recall_at_1_sad(descriptors: np.ndarray, place_ids: np.ndarray) -> 
     place_ids = _checked_ids(descriptors, place_ids)
     _, indices = sad_search(descriptors, descriptors, 2)
     return _leave_one_out_recall(indices, place_ids)
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    """RGB uint8 pixels of a file, EXIF orientation ignored as training's loader and the robot do."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None:
-        raise UserError(f"cannot read image {path}: missing, unreadable or not an image")
-    return np.ascontiguousarray(bgr[..., ::-1])
-
-
-def real_dev_table(root: str | Path | None = None, bundle_dir: str | Path | None = None) -> dict[str, Any]:
-    """recall@1 on both subsets of a bundle (the shipped default one unless ``bundle_dir``), of its
-    network before fine-tuning (ImageNet weights, no whitening) and of raw pixels.
-
-    Fine-tuning on synthetic images can cost accuracy on real ones, so the bundle has to be
-    compared with where it started, on the same pixels: both networks get the tensors of
-    :func:`vpr_ros.preprocess.to_input_batch` at the bundle's input size. Returns
-    ``{"bundle": {"path", "summary", "content_hash"}, "images": {subset: N}, "methods": {"bundle" |
-    "imagenet" | "raw_pixels": {"label": str, "recall@1": {subset: float}}}}``.
-    """
-    import torch  # only here: the rest of this module reads real_dev and scores without torch
-
-    from training.models import ModelConfig, build_model
-
-    bundle = load_bundle(default_model_dir() if bundle_dir is None else bundle_dir)
-    backend = create_backend(bundle, "onnxruntime")
-    arch = bundle.meta.get("architecture", {})
-    backbone, pooling = arch.get("backbone", "mobilenet_v2"), arch.get("pooling", "gem")
-    network, info = build_model(ModelConfig(backbone=backbone, pooling=pooling, weights="imagenet"))
-    if not info["pretrained"]:
-        raise UserError(f"no ImageNet weights for {backbone} here ({info['weights']}): see README, Training")
-    network.eval()
-    name = "shipped default bundle" if bundle_dir is None else f"bundle {bundle.path}"
-    size = f"{bundle.input.height}x{bundle.input.width}"
-    methods = {
-        "bundle": f"{name}, {bundle.descriptor_dim}-D, {backend.name} {backend.device}",
-        "imagenet": f"{backbone}-{pooling}, ImageNet weights, not fine-tuned, {size}",
-        "raw_pixels": "raw pixels (32x24 grey, patch-normalised, SAD)",
-    }
-    table: dict[str, Any] = {
-        "bundle": {
-            "path": str(bundle.path),
-            "summary": bundle.summary(),
-            "content_hash": bundle.content_hash,
-        },
-        "images": {},
-        "methods": {key: {"label": label, "recall@1": {}} for key, label in methods.items()},
-    }
-    for subset in SUBSETS:
-        paths, ids = read_real_dev(root, subset)
-        images = [_read_rgb(path) for path in paths]
-        with torch.no_grad():
-            imagenet = network(torch.from_numpy(to_input_batch(images, bundle.input))).numpy()
-        recall = {
-            "bundle": real_dev_recall_at_1(backend.embed(images), ids),
-            "imagenet": real_dev_recall_at_1(imagenet, ids),
-            "raw_pixels": real_dev_recall_at_1_sad(raw_pixel_descriptors(paths), ids),
-        }
-        table["images"][subset] = len(paths)
-        for key, value in recall.items():
-            table["methods"][key]["recall@1"][subset] = value
-    return table
