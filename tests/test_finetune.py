@@ -182,3 +182,37 @@ def test_the_guard_passes_a_model_that_is_not_worse(own_run, tmp_path, capsys) -
     guard = json.loads((second / "model.json").read_text())["guard"]
     assert guard["forced"] is False and guard["mean"] == pytest.approx(guard["start_mean"])
     assert set(guard["recall@1"]) == {"trajectory", "set"}
+
+
+def test_interpolation_is_wise_ft_between_the_start_and_the_fine_tuned_weights() -> None:
+    import torch
+
+    from training.config import Config
+    from training.engine import model_config
+    from training.export import Source, interpolate_with_start
+    from training.models import build_model
+
+    cfg = Config()
+    cfg.model.input_size = [64, 96]
+    start, _ = build_model(model_config(cfg))
+    tuned, _ = build_model(model_config(cfg))
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(torch.full_like(p, 0.5))
+    source = Source(tuned, (64, 96), {}, {}, {}, recipe=cfg)
+    interpolate_with_start(source, 0.3)
+    begin, mixed = start.state_dict(), source.model.state_dict()
+    for key in ("backbone.0.0.weight", "backbone.18.0.weight"):
+        assert torch.allclose(mixed[key], begin[key] + 0.3 * 0.5, atol=1e-6)  # (1 - a) s + a (s + d)
+    assert torch.allclose(mixed["normalize.mean"], begin["normalize.mean"])  # the same in both
+    assert source.training["weight_interpolation"]["alpha"] == 0.3
+    with pytest.raises(UserError, match=r"\(0, 1\]"):
+        interpolate_with_start(source, 0.0)
+
+
+def test_interpolation_needs_pretrained_starting_weights(own_run, tmp_path, capsys) -> None:
+    _, checkpoint = own_run  # trained from random weights: there is no start to interpolate with
+    code = training_main(
+        ["export", "--checkpoint", str(checkpoint), "--interpolate", "0.5", "--out", str(tmp_path / "b")]
+    )
+    assert code == 2 and "starting weights are not available" in capsys.readouterr().err

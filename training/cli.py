@@ -100,7 +100,9 @@ def _export(args: argparse.Namespace) -> None:
         from_checkpoint,
         from_gcl,
         image_folder,
+        interpolate_with_start,
         procedural_images,
+        recipe_training_images,
         sample_images,
         untrained,
     )
@@ -122,8 +124,14 @@ def _export(args: argparse.Namespace) -> None:
         raise UserError("--threshold-origin says where --similarity-threshold came from: pass both")
     if (args.guard_set or args.force) and args.guard_against is None:
         raise UserError("--guard-set and --force belong to the export guard: pass --guard-against BUNDLE")
+    if args.pca_from is not None and args.pca_images is not None:
+        raise UserError("give --pca-images or --pca-from, not both")
+    if args.interpolate is not None and args.checkpoint is None:
+        raise UserError("--interpolate mixes a fine-tuned --checkpoint with its starting weights")
     if args.checkpoint is not None:
         source = from_checkpoint(args.checkpoint)
+        if args.interpolate is not None:
+            interpolate_with_start(source, args.interpolate)
     elif args.untrained:
         source = untrained(load_config(args.config))
     else:
@@ -137,13 +145,20 @@ def _export(args: argparse.Namespace) -> None:
             )
         source.input_size = args.input_size
 
+    pca_recipe = source  # whose training images the PCA is fitted on, unless --pca-images
+    if args.pca_from is not None:
+        pca_recipe = recipe_training_images(load_config(args.pca_from))
+        if not pca_recipe.data_roots["train"]:
+            raise UserError(f"--pca-from {args.pca_from}: none of the recipe's training images are here")
+
     def images(folder, default_key, count, what):
         if folder is not None:
             return sample_images(image_folder(folder), count), f"{folder} ({what})"
-        paths = source.data_roots.get(default_key) or []
+        owner = pca_recipe if default_key == "train" else source
+        paths = owner.data_roots.get(default_key) or []
         if paths:
             part = "training images" if default_key == "train" else "data.val database"
-            return sample_images(paths, count), f"the recipe's {part}: {source.data_description[default_key]}"
+            return sample_images(paths, count), f"the recipe's {part}: {owner.data_description[default_key]}"
         return None, None
 
     pca = None
@@ -260,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the --config recipe's network with its pre-trained (ImageNet) weights, not fine-tuned",
     )
     export.add_argument("--config", type=Path, help="the recipe --untrained reads (model and training data)")
+    export.add_argument(
+        "--interpolate",
+        type=float,
+        metavar="ALPHA",
+        help="export (1 - ALPHA) * starting weights + ALPHA * the checkpoint's (WiSE-FT); 1 = as trained",
+    )
     export.add_argument("--backbone", help="GCL checkpoint backbone (default: read from the file name)")
     export.add_argument("--pooling", choices=("gem", "avg", "netvlad"), help="GCL checkpoint pooling")
     export.add_argument("--out", type=Path, required=True, help="bundle directory (must be new or empty)")
@@ -269,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--pca-images", type=Path, help="images to fit PCA on (default: the recipe's train data)"
+    )
+    export.add_argument(
+        "--pca-from", type=Path, metavar="RECIPE", help="fit PCA on another recipe's training images"
     )
     export.add_argument("--pca-samples", type=int, default=1000, help="images used for the PCA fit (1000)")
     export.add_argument("--parity-images", type=Path, help="images for the parity check (default: val data)")

@@ -113,6 +113,48 @@ def from_checkpoint(path: Path) -> Source:
     )
 
 
+def interpolate_with_start(source: Source, alpha: float) -> None:
+    """Replace the fine-tuned weights by ``(1 - alpha) * start + alpha * fine-tuned``, where start is
+    the recipe's pre-trained (ImageNet) network: WiSE-FT (Wortsman et al., "Robust fine-tuning of
+    zero-shot models", CVPR 2022, eq. 1). Fine-tuning on a narrow domain (the synthetic town)
+    trades robustness elsewhere (real cameras) for accuracy there; interpolating the weights keeps
+    most of both, and ``alpha`` chooses the trade-off without training again. BatchNorm statistics
+    stay the pre-trained ones under ``train.freeze_bn``, so the two networks share them."""
+    if not 0.0 < alpha <= 1.0:
+        raise UserError(f"--interpolate must be in (0, 1], got {alpha}")
+    if source.recipe is None:
+        raise UserError("--interpolate needs a vpr_ros training checkpoint (--checkpoint)")
+    start, info = build_model(model_config(source.recipe))
+    if not info["pretrained"]:
+        raise UserError(f"--interpolate: the starting weights are not available here ({info['weights']})")
+    begin = start.state_dict()
+    mixed = {}
+    for key, tuned in source.model.state_dict().items():
+        first = begin.get(key)
+        usable = first is not None and first.shape == tuned.shape and tuned.is_floating_point()
+        mixed[key] = (1.0 - alpha) * first + alpha * tuned if usable else tuned
+    source.model.load_state_dict(mixed)
+    source.training["weight_interpolation"] = {
+        "alpha": alpha,
+        "start": info["weights"],
+        "method": "WiSE-FT (Wortsman et al. 2022): (1 - alpha) * start + alpha * fine-tuned",
+    }
+
+
+@dataclass
+class RecipeImages:
+    """A recipe's image paths ('train': every training source, both sides; 'val': the data.val
+    database) and what they are, for the PCA fit and the parity sample."""
+
+    data_roots: dict[str, list[Path]]
+    data_description: dict[str, str | None]
+
+
+def recipe_training_images(cfg: Config) -> RecipeImages:
+    images = _recipe_images(cfg)
+    return RecipeImages(images["data_roots"], images["data_description"])
+
+
 def _recipe_images(cfg: Config) -> dict[str, dict]:
     """The ``data_roots`` and ``data_description`` of a Source made from a recipe."""
     return {

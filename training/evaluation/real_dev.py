@@ -18,6 +18,7 @@ import numpy as np
 from training.errors import UserError
 from training.evaluation.baselines import sad_search
 from training.evaluation.metrics import search
+from vpr_ros.evaluation.image_folders import Dataset
 
 ENV_VAR = "VPR_REAL_DEV"
 SUBSETS = ("MatchingPairs", "MatchingTriplets")
@@ -106,3 +107,25 @@ def real_dev_recall_at_1_sad(descriptors: np.ndarray, place_ids: np.ndarray) -> 
     place_ids = _checked_ids(descriptors, place_ids)
     _, indices = sad_search(descriptors, descriptors, 2)
     return _leave_one_out_recall(indices, place_ids)
+
+
+def real_dev_query_sets(root: str | Path | None = None) -> list[Dataset]:
+    """Both subsets as query/reference sets for ``vpr-bench``'s code: the first view (i0) of every
+    place is a query, the other views are the references (pairs: i1; triplets: i1 and i2)."""
+    out = []
+    for subset in SUBSETS:
+        paths, place_ids = read_real_dev(root, subset)
+        first = np.array([path.parent.name == "i0" for path in paths])
+        refs = np.flatnonzero(~first)
+        matches = [np.flatnonzero(place_ids[refs] == place) for place in place_ids[first]]
+        out.append(
+            Dataset.from_lists(
+                f"real_dev {subset[len('Matching') :].lower()}",
+                [paths[i] for i in np.flatnonzero(first)],
+                [paths[i] for i in refs],
+                matches,
+                "same pN folder (i0 against the other views)",
+                paths[0].parents[2],
+            )
+        )
+    return out
