@@ -134,9 +134,18 @@ def town(tmp_path_factory) -> Path:
     return out / "bags"
 
 
+# The unknown-place threshold the node tests run the shipped model with in the test town. The
+# model.json threshold is calibrated on real photographs, where similarities run lower; in the
+# synthetic town the shipped model scores most frames above it, so these tests calibrate for the
+# town as a site would. There, on-route dusk frames and off-route detour frames overlap (0.71-0.89
+# vs 0.30-0.86): at 0.8 a third of the dusk frames is accepted and three quarters of the off-route
+# frames are refused (measured; README, "Accuracy on real images").
+TOWN_THRESHOLD = 0.8
+
+
 @pytest.fixture(scope="session")
 def bundle() -> Path:
-    """The shipped default model (GCL-trained, PCA-whitened): its model.json suggests the threshold."""
+    """The shipped default model (PCA-whitened): its model.json suggests the threshold."""
     from vpr_ros.bundle import default_model_dir
 
     return default_model_dir()
