@@ -42,9 +42,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from training.evaluation.real_dev import real_dev_query_sets  # noqa: E402
 from vpr_ros.errors import InputError  # noqa: E402
 from vpr_ros.evaluation.bench import Method, evaluate, model_method, raw_pixel_method  # noqa: E402
-from vpr_ros.evaluation.image_folders import Dataset, list_images, read_dataset  # noqa: E402
+from vpr_ros.evaluation.image_folders import Dataset, read_dataset  # noqa: E402
 from vpr_ros.evaluation.report import markdown_table  # noqa: E402
 
 RECIPE = ROOT / "config" / "training" / "real_gcl_cpu.yaml"
@@ -56,40 +57,12 @@ def default_data_root() -> Path:
     return ROOT.parent / "shared" / "data"
 
 
-def real_dev_datasets(root: Path) -> list[Dataset]:
-    """real_dev's two subsets as query/reference sets: view i0 of every place against the others."""
-    out = []
-    for subset in ("MatchingPairs", "MatchingTriplets"):
-        queries, refs, ref_place = [], [], []
-        places = sorted(p for p in (root / subset).iterdir() if p.is_dir())
-        for place, place_dir in enumerate(places):
-            views = sorted(v for v in place_dir.iterdir() if v.is_dir())
-            queries += list_images(views[0])
-            for view in views[1:]:
-                images = list_images(view)
-                refs += images
-                ref_place += [place] * len(images)
-        ref_place_arr = np.asarray(ref_place)
-        matches = [np.flatnonzero(ref_place_arr == place) for place in range(len(places))]
-        out.append(
-            Dataset.from_lists(
-                f"real_dev {subset[8:].lower()}",
-                queries,
-                refs,
-                matches,
-                "same pN folder",
-                root / subset,
-            )
-        )
-    return out
-
-
 def datasets(data: Path) -> tuple[list[Dataset], list[Dataset], Dataset]:
     """(whole sets, held-out parts, Essex3in1 with distractors)."""
     whole = [
         read_dataset(data / name, TOLERANCE.get(name, 0)) for name in ("sped", "essex3in1", "nordland_a")
     ]
-    whole += real_dev_datasets(data / "real_dev")
+    whole += real_dev_query_sets(data / "real_dev")
     held_out = [
         d.subset(
             np.arange(*HELD_OUT[d.name]), f"{d.name} queries {HELD_OUT[d.name][0]}-{HELD_OUT[d.name][1] - 1}"

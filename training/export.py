@@ -94,11 +94,10 @@ def from_checkpoint(path: Path) -> Source:
     state = load_checkpoint(path)
     model, cfg = model_from_checkpoint(state)
     m = cfg.model
-    return Source(
-        model=model,
-        input_size=(int(m.input_size[0]), int(m.input_size[1])),
-        architecture={"backbone": m.backbone, "pooling": m.pooling, "pool_dim": model.pool_dim},
-        training={
+    return _recipe_source(
+        model,
+        cfg,
+        {
             "source": "vpr_ros training checkpoint",
             "checkpoint": path.name,
             "checkpoint_sha256": sha256_file(path),
@@ -109,6 +108,18 @@ def from_checkpoint(path: Path) -> Source:
             "selected_on": f"{cfg.train.select_metric} on data.val" if path.name == "best.pt" else None,
             "weights_init": m.weights,
         },
+    )
+
+
+def _recipe_source(model: PlaceNet, cfg: Config, training: dict[str, Any]) -> Source:
+    """A Source for a network made from recipe ``cfg``: its input size and architecture, and the
+    recipe's images for the PCA fit and the parity sample."""
+    m = cfg.model
+    return Source(
+        model=model,
+        input_size=(int(m.input_size[0]), int(m.input_size[1])),
+        architecture={"backbone": m.backbone, "pooling": m.pooling, "pool_dim": model.pool_dim},
+        training=training,
         **_recipe_images(cfg),
     )
 
@@ -177,11 +188,10 @@ def untrained(cfg: Config) -> Source:
     if cfg.model.weights != "none" and not info["pretrained"]:
         raise UserError(f"no {cfg.model.weights} weights for {config.backbone} here ({info['weights']})")
     m = cfg.model
-    return Source(
-        model=model,
-        input_size=(int(m.input_size[0]), int(m.input_size[1])),
-        architecture={"backbone": m.backbone, "pooling": m.pooling, "pool_dim": model.pool_dim},
-        training={
+    return _recipe_source(
+        model,
+        cfg,
+        {
             "source": f"{m.weights} weights, not fine-tuned ({info['weights']})",
             "checkpoint": None,
             "step": 0,
@@ -189,7 +199,6 @@ def untrained(cfg: Config) -> Source:
             "train_data": None,
             "weights_init": m.weights,
         },
-        **_recipe_images(cfg),
     )
 
 

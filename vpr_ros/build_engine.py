@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vpr_ros.bundle import load_bundle
-from vpr_ros.cli import run
+from vpr_ros.cli import integer_at_least, run
 from vpr_ros.errors import InputError
 from vpr_ros.trt.builder import DEFAULT_WORKSPACE_MB, ensure_engine, import_tensorrt, supported_major
 from vpr_ros.trt.calibration import DEFAULT_COUNT, calibration_set
@@ -33,13 +33,6 @@ examples:
   vpr-build-engine --bundle bundles/resnet18-gcl
   vpr-build-engine --bundle bundles/resnet18-gcl --precision int8 --calibration bags/map_run
 exit status: 0 engine ready, 2 bad input or TensorRT/GPU unavailable (one line on stderr)."""
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--calibration-count",
-        type=_positive_int,
+        type=integer_at_least(1),
         default=DEFAULT_COUNT,
         help=f"frames to calibrate on, spread evenly over the source (default: {DEFAULT_COUNT})",
     )
@@ -68,11 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration-topic", help="image topic of the calibration bag (default: its first one)"
     )
     parser.add_argument(
-        "--max-batch", type=_positive_int, default=16, help="largest batch the engine accepts (default: 16)"
+        "--max-batch",
+        type=integer_at_least(1),
+        default=16,
+        help="largest batch the engine accepts (default: 16)",
     )
     parser.add_argument(
         "--workspace-mb",
-        type=_positive_int,
+        type=integer_at_least(1),
         default=DEFAULT_WORKSPACE_MB,
         help=f"TensorRT builder workspace limit in MiB (default: {DEFAULT_WORKSPACE_MB})",
     )

@@ -24,6 +24,21 @@ def non_negative(text: str) -> float:
     return value
 
 
+def integer_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
 def add_bag_topic_arguments(parser: argparse.ArgumentParser, pose_help: str, sync_tolerance_s: float) -> None:
     """``--image-topic``, ``--pose-topic`` and ``--sync-tolerance`` of a tool that reads camera
     frames with their poses from a bag (:func:`vpr_ros.rosbag_source.iter_frames`)."""

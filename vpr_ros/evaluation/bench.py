@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from vpr_ros.backends import BACKENDS, create_backend
 from vpr_ros.bundle import default_model_dir, load_bundle
-from vpr_ros.cli import run
+from vpr_ros.cli import integer_at_least, run
 from vpr_ros.errors import InputError
 from vpr_ros.evaluation import plots, raw_pixels
 from vpr_ros.evaluation.image_folders import Dataset, read_dataset, read_image
@@ -443,19 +443,6 @@ def _summary_json(results: Sequence[BenchResult]) -> dict:
 # ---------------------------------------------------------------------- command line
 
 
-def _count(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text}")
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vpr-bench",
@@ -470,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tolerance",
-        type=_count(0),
+        type=integer_at_least(0),
         default=0,
         metavar="N",
         help="without a ground-truth file, query i matches references i-N..i+N (default: %(default)s)",
@@ -484,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--batch-size",
-        type=_count(1),
+        type=integer_at_least(1),
         default=32,
         metavar="B",
         help="images per batch (default: %(default)s)",
