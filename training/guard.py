@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from training.config import Config
@@ -24,8 +23,9 @@ from training.datasets.base import PlaceDataset
 from training.datasets.vpr_folders import read_vpr_folder
 from training.errors import UserError
 from training.evaluation.metrics import evaluate_retrieval
-from vpr_ros.backends import create_backend
-from vpr_ros.bundle import default_model_dir, load_bundle
+from vpr_ros.bundle import default_model_dir
+from vpr_ros.errors import InputError
+from vpr_ros.evaluation.bench import describe, model_method
 
 BATCH = 32
 
@@ -63,27 +63,18 @@ def guard_datasets(cfg: Config | None, sets: list[GuardSet]) -> list[PlaceDatase
     return datasets
 
 
-def _embed(backend, paths: tuple[Path, ...]) -> np.ndarray:
-    rows = []
-    for start in range(0, len(paths), BATCH):
-        images = []
-        for path in paths[start : start + BATCH]:
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-            if bgr is None:
-                raise UserError(f"export guard: cannot read image {path}")
-            images.append(np.ascontiguousarray(bgr[..., ::-1]))
-        rows.append(backend.embed(images))
-    return np.concatenate(rows)
-
-
 def bundle_recall(bundle_dir: Path, datasets: list[PlaceDataset]) -> dict[str, float]:
-    """recall@1 of a bundle on each dataset, through the runtime's ONNX Runtime backend."""
-    backend = create_backend(load_bundle(bundle_dir), "onnxruntime", max_batch=BATCH)
+    """recall@1 of a bundle on each dataset, embedded as ``vpr-bench`` does (the runtime's ONNX
+    Runtime backend and image reader)."""
+    method = model_method(bundle_dir, "onnxruntime", BATCH, quiet=True)
     recall = {}
     for dataset in datasets:
-        result = evaluate_retrieval(
-            dataset, _embed(backend, dataset.database.paths), _embed(backend, dataset.queries.paths), (1,)
-        )
+        try:
+            database, _ = describe(method, dataset.database.paths, "database")
+            queries, _ = describe(method, dataset.queries.paths, "queries")
+        except InputError as exc:
+            raise UserError(f"export guard: {exc}") from None
+        result = evaluate_retrieval(dataset, database, queries, (1,))
         recall[dataset.name] = float(result["protocol"]["recall"]["1"] or 0.0)
     return recall
 

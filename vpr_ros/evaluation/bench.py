@@ -133,7 +133,7 @@ def search(score: str, refs: np.ndarray, queries: np.ndarray, k: int) -> tuple[n
     return -sad / refs.shape[1], ids
 
 
-def _describe(method: Method, paths: Sequence[Path], what: str) -> tuple[np.ndarray, float]:
+def describe(method: Method, paths: Sequence[Path], what: str) -> tuple[np.ndarray, float]:
     """Descriptors of the images at ``paths``, read ``batch_size`` at a time; and the seconds spent
     embedding (image reading excluded)."""
     parts, seconds = [], 0.0
@@ -180,8 +180,8 @@ class BenchResult:
 
 def evaluate(dataset: Dataset, method: Method) -> BenchResult:
     """Embed the references and queries of ``dataset``, search, and compute its report."""
-    refs, ref_seconds = _describe(method, dataset.refs, f"{dataset.name} references")
-    queries, query_seconds = _describe(method, dataset.queries, f"{dataset.name} queries")
+    refs, ref_seconds = describe(method, dataset.refs, f"{dataset.name} references")
+    queries, query_seconds = describe(method, dataset.queries, f"{dataset.name} queries")
     k = min(TOP_K, len(dataset.refs))
     scores, ids = search(method.score, refs, queries, k)
     correct = correct_results(ids, dataset.matches)
