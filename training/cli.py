@@ -102,7 +102,7 @@ def _export(args: argparse.Namespace) -> None:
         image_folder,
         interpolate_with_start,
         procedural_images,
-        recipe_training_images,
+        recipe_images,
         sample_images,
         untrained,
     )
@@ -147,7 +147,7 @@ def _export(args: argparse.Namespace) -> None:
 
     pca_recipe = source  # whose training images the PCA is fitted on, unless --pca-images
     if args.pca_from is not None:
-        pca_recipe = recipe_training_images(load_config(args.pca_from))
+        pca_recipe = recipe_images(load_config(args.pca_from))
         if not pca_recipe.data_roots["train"]:
             raise UserError(f"--pca-from {args.pca_from}: none of the recipe's training images are here")
 

@@ -114,13 +114,15 @@ def from_checkpoint(path: Path) -> Source:
 def _recipe_source(model: PlaceNet, cfg: Config, training: dict[str, Any]) -> Source:
     """A Source for a network made from recipe ``cfg``: its input size and architecture, and the
     recipe's images for the PCA fit and the parity sample."""
-    m = cfg.model
+    m, images = cfg.model, recipe_images(cfg)
     return Source(
         model=model,
         input_size=(int(m.input_size[0]), int(m.input_size[1])),
         architecture={"backbone": m.backbone, "pooling": m.pooling, "pool_dim": model.pool_dim},
         training=training,
-        **_recipe_images(cfg),
+        data_roots=images.data_roots,
+        data_description=images.data_description,
+        recipe=cfg,
     )
 
 
@@ -161,21 +163,15 @@ class RecipeImages:
     data_description: dict[str, str | None]
 
 
-def recipe_training_images(cfg: Config) -> RecipeImages:
-    images = _recipe_images(cfg)
-    return RecipeImages(images["data_roots"], images["data_description"])
-
-
-def _recipe_images(cfg: Config) -> dict[str, dict]:
-    """The ``data_roots`` and ``data_description`` of a Source made from a recipe."""
-    return {
-        "data_roots": {"train": _dataset_paths(cfg, "train"), "val": _dataset_paths(cfg, "val")},
-        "data_description": {
+def recipe_images(cfg: Config) -> RecipeImages:
+    """The images recipe ``cfg`` names that exist on this machine, and what they are."""
+    return RecipeImages(
+        data_roots={"train": _dataset_paths(cfg, "train"), "val": _dataset_paths(cfg, "val")},
+        data_description={
             "train": _describe_sources([cfg.data.train, *cfg.data.extra_train]),
             "val": _describe_source(cfg.data.val),
         },
-        "recipe": cfg,
-    }
+    )
 
 
 def untrained(cfg: Config) -> Source:
