@@ -271,3 +271,34 @@ def test_bad_command_lines_exit_2_before_any_work(tmp_path, capsys):
     (mine / "thesis.tex").write_text("keep me")
     code, _, err = run_cli(capsys, str(one), "--baseline", "raw-pixels", "--out", str(mine), "--overwrite")
     assert code == 2 and "is not a vpr-bench output" in err and (mine / "thesis.tex").exists()
+
+
+def test_sequence_length_scores_an_ordered_route_above_single_frames(tmp_path, capsys):
+    """A route of 60 places seen again faintly (30 % of each query is its place, the rest an
+    unrelated scene): single frames often pick a wrong place; the sequence filter over the frame
+    order recovers them, and the report gives both side by side."""
+    refs = [pattern(500 + i) for i in range(60)]
+    queries = [(0.3 * ref + 0.7 * pattern(2000 + i)).astype(np.uint8) for i, ref in enumerate(refs)]
+    folder = make_folder(tmp_path / "route", refs, queries)
+    dataset = read_dataset(folder, tolerance=1)
+    single = evaluate(dataset, raw_pixel_method(quiet=True)).report
+    code, out, _ = run_cli(
+        capsys,
+        str(folder),
+        "--baseline",
+        "raw-pixels",
+        "--tolerance",
+        "1",
+        "--sequence-length",
+        "10",
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert code == 0
+    assert "R@1 sequence of 10" in out
+    report = json.loads((tmp_path / "out" / "route" / "report.json").read_text())
+    assert report["recall"] == single["recall"]
+    filtered = report["sequence"]["recall"]["at"]["1"]
+    assert single["recall"]["at"]["1"] < 0.5
+    assert filtered > 0.9
+    assert report["sequence"]["settings"]["length"] == 10

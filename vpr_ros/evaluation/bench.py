@@ -33,8 +33,9 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -57,6 +58,7 @@ from vpr_ros.fileio import (
     staging_directory,
     sweep_leftovers,
 )
+from vpr_ros.localization.sequence_filter import KeyframeGraph, Motion, SequenceFilter, SequenceSettings
 
 REPORT_SCHEMA = "vpr_ros.bench_report/1"
 SUMMARY_SCHEMA = "vpr_ros.bench_summary/1"
@@ -178,8 +180,61 @@ class BenchResult:
     correct: np.ndarray
 
 
-def evaluate(dataset: Dataset, method: Method) -> BenchResult:
-    """Embed the references and queries of ``dataset``, search, and compute its report."""
+# Ordered image folders (one route, frames evenly spaced): SeqSLAM's velocity range in references
+# per query frame and its 10-reference contrast window, alone (global_weight 0); chosen on nordland_a.
+FOLDER_SEQUENCE = SequenceSettings(
+    decay=1.0,
+    min_speed=0.8,
+    max_speed=1.25,
+    speeds=5,
+    snap_radius_m=0.5,
+    contrast_radius_m=5.0,
+    exclusion_radius_m=3.0,
+    tracked=30,
+    min_frames=2,
+    global_weight=0.0,
+)
+
+
+def sequence_ranking(
+    method: Method,
+    refs: np.ndarray,
+    queries: np.ndarray,
+    ids: np.ndarray,
+    scores: np.ndarray,
+    settings: SequenceSettings,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The sequence filter run over the queries in their order against the references as one
+    ordered route: (ranked reference ids [Q, k], its confidence per query). The filter's own
+    candidates come first, then the single-frame results it did not rank."""
+    filt = SequenceFilter(KeyframeGraph.chain(len(refs)), settings)
+    ranked = np.empty_like(ids)
+    confidence = np.empty(len(queries))
+    k = ids.shape[1]
+    for t, query in enumerate(queries):
+        answer = filt.update(
+            ids[t],
+            scores[t],
+            partial(_scores, method.score, refs, query),  # kept for the frames after it: bind query
+            Motion.unknown(),
+        )
+        extra = ids[t][~np.isin(ids[t], answer.ranking)]
+        ranked[t] = np.concatenate([answer.ranking, extra])[:k]
+        confidence[t] = answer.confidence
+    return ranked, confidence
+
+
+def _scores(score: str, refs: np.ndarray, query: np.ndarray, keyframes: np.ndarray) -> np.ndarray:
+    """The query's score against references ``keyframes``, as :func:`search` scores them."""
+    chosen = refs[keyframes]
+    if score == "cosine":
+        return chosen @ query
+    return -np.abs(chosen - query).sum(axis=1) / refs.shape[1]
+
+
+def evaluate(dataset: Dataset, method: Method, sequence: SequenceSettings | None = None) -> BenchResult:
+    """Embed the references and queries of ``dataset``, search, and compute its report (with
+    ``sequence``, also the sequence filter's, over the queries in their order)."""
     refs, ref_seconds = describe(method, dataset.refs, f"{dataset.name} references")
     queries, query_seconds = describe(method, dataset.queries, f"{dataset.name} queries")
     k = min(TOP_K, len(dataset.refs))
@@ -209,6 +264,15 @@ def evaluate(dataset: Dataset, method: Method) -> BenchResult:
         **retrieval_metrics(correct, scores[:, 0], has_match),
         "latency_ms": {"embed_per_image": 1e3 * (ref_seconds + query_seconds) / images},
     }
+    if sequence is not None:
+        ranked, confidence = sequence_ranking(method, refs, queries, ids, scores, sequence)
+        report["sequence"] = {
+            "settings": {
+                "length": sequence.length,
+                "speeds_refs_per_frame": [sequence.min_speed, sequence.max_speed],
+            },
+            **retrieval_metrics(correct_results(ranked, dataset.matches), confidence, has_match),
+        }
     return BenchResult(dataset, _plain(report), ids, scores, correct)
 
 
@@ -397,6 +461,9 @@ def _report_markdown(report: dict, figures: list[str]) -> str:
 def summary_table(results: Sequence[BenchResult]) -> list[str]:
     """The markdown table of every dataset (and their mean recall@1 when there are several)."""
     header = ["dataset", "queries (with match) / refs", *(f"R@{n}" for n in NS), "AP", "best-F1 threshold"]
+    sequence = [r.report.get("sequence") for r in results]
+    if any(sequence):
+        header.append(f"R@1 sequence of {next(s for s in sequence if s)['settings']['length']}")
     rows = []
     for result in results:
         r, images = result.report, result.report["images"]
@@ -408,6 +475,7 @@ def summary_table(results: Sequence[BenchResult]) -> list[str]:
                 *(number(r["recall"]["at"][str(n)], ".3f") for n in NS),
                 number(r["precision_recall"]["average_precision"], ".3f"),
                 number(None if best is None else best["threshold"], ".4g"),
+                *([number(r["sequence"]["recall"]["at"]["1"], ".3f")] if any(sequence) else []),
             ]
         )
     if len(results) > 1:
@@ -476,6 +544,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="B",
         help="images per batch (default: %(default)s)",
     )
+    parser.add_argument(
+        "--sequence-length",
+        type=integer_at_least(1),
+        metavar="L",
+        help="also score the sequence filter over the last L frames, queries and references taken as "
+        "one ordered route (frame order as the motion, no odometry)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -500,7 +575,8 @@ def _bench(args: argparse.Namespace) -> str:
         method = model_method(args.model, args.backend, args.batch_size, args.quiet)
     else:
         method = raw_pixel_method(args.batch_size, args.quiet)
-    results = [evaluate(dataset, method) for dataset in datasets]
+    sequence = None if args.sequence_length is None else replace(FOLDER_SEQUENCE, length=args.sequence_length)
+    results = [evaluate(dataset, method, sequence) for dataset in datasets]
     lines = [*summary_table(results), *(f"note ({d.name}): {note}" for d in datasets for note in d.notes)]
     if args.out is not None:
         lines.append(f"report: {write_outputs(args.out, results, args.overwrite)}")

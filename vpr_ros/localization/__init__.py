@@ -1,0 +1,1 @@
+"""Localization from place-map answers: the sequence filter over consecutive frames."""
