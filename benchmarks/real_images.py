@@ -1,7 +1,7 @@
 """Recall@1 on every real image set in ``shared/data``, for raw pixels, the off-the-shelf ImageNet
 network, the shipped default bundle and any bundles passed in: one table.
 
-    .venv/bin/python benchmarks/real_images.py [--bundle DIR ...] [--data DIR] [--json OUT.json]
+    .venv/bin/python benchmarks/real_images.py [--bundle DIR ...] [--only-bundles] [--data DIR] [--json OUT.json]
 
 The sets (each folder's README gives its source and ground truth):
 
@@ -139,18 +139,28 @@ def main() -> int:
         metavar="DIR",
         help="only write Essex3in1 with distractors as a VPR-Bench folder (for export --threshold-set)",
     )
+    parser.add_argument(
+        "--only-bundles",
+        action="store_true",
+        help="score only the --bundle bundles (no raw-pixel, off-the-shelf and default rows)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args()
+    if args.only_bundles and not args.bundle:
+        parser.error("--only-bundles needs at least one --bundle")
     try:
         whole, held_out, distractors = datasets(args.data)
         if args.write_threshold_set is not None:
             write_folder(distractors, args.write_threshold_set)
             return 0
-        methods = {"raw pixels (32x24 grey, patch-normalised, SAD)": raw_pixel_method(quiet=args.quiet)}
-        bundles = {
-            "ImageNet MobileNetV2 + GeM, 240x320 (off the shelf)": imagenet_bundle(args.imagenet_bundle)
-        }
-        bundles["shipped default bundle"] = "default"
+        methods: dict[str, Method] = {}
+        bundles: dict[str, Path | str] = {}
+        if not args.only_bundles:
+            methods["raw pixels (32x24 grey, patch-normalised, SAD)"] = raw_pixel_method(quiet=args.quiet)
+            bundles["ImageNet MobileNetV2 + GeM, 240x320 (off the shelf)"] = imagenet_bundle(
+                args.imagenet_bundle
+            )
+            bundles["shipped default bundle"] = "default"
         bundles.update({f"bundle {path}": path for path in args.bundle})
         for label, path in bundles.items():
             methods[label] = model_method(path, args.backend, quiet=args.quiet)

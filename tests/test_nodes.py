@@ -108,7 +108,7 @@ def test_localizer_finds_dusk_places_refuses_off_route_and_keeps_stamps(
     assert sorted(answers) == sorted(f.stamp_ns for f in dusk), "every frame answered with its own stamp"
     truth = {f.stamp_ns: f.position for f in dusk}
     accepted = {s: t for s, t in answers.items() if len(t) and t["accepted"][0]}
-    assert len(accepted) >= 0.25 * len(dusk)  # measured 13 of 39 at TOWN_THRESHOLD
+    assert len(accepted) >= 0.25 * len(dusk)  # measured 12 of 39 at TOWN_THRESHOLD
     pose_by_stamp = {stamp_of(m): m for _, m in poses if stamp_of(m) in truth}
     assert set(pose_by_stamp) == set(accepted), "a pose for each accepted frame, none for refusals"
     errors = []
@@ -129,7 +129,7 @@ def test_localizer_finds_dusk_places_refuses_off_route_and_keeps_stamps(
     refused = [s for s in off_route if not (len(off_answers[s]) and off_answers[s]["accepted"][0])]
     off_poses = {stamp_of(m) for _, m in poses} - set(truth)
     assert off_poses.isdisjoint(refused), "no pose is published for a refused frame"
-    assert len(refused) >= 0.6 * len(off_route), (  # measured 19 of 26 (vpr-eval)
+    assert len(refused) >= 0.6 * len(off_route), (  # measured 20 of 26 (vpr-eval)
         f"{len(refused)} of {len(off_route)} off-route frames refused"
     )
 

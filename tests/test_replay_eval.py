@@ -107,7 +107,7 @@ def test_off_route_frames_are_refused_and_show_in_the_pr_curve(
     unknown = report_of(out)["unknown_place"]
     assert unknown["off_route_queries"] >= 10 and unknown["on_route_queries"] >= 5
     assert unknown["configured"]["threshold"] == TOWN_THRESHOLD
-    assert unknown["configured"]["off_route_refused"] >= 0.6  # measured 0.73
+    assert unknown["configured"]["off_route_refused"] >= 0.6  # measured 0.77
     curve = unknown["curve"]
     assert len(curve["precision"]) == len(curve["recall"]) == len(curve["threshold"]) >= 10
     assert 0 < unknown["best"]["f1"] <= 1 and unknown["average_precision"] > 0.5
