@@ -1,7 +1,8 @@
 """Recall@1 on every real image set in ``shared/data``, for raw pixels, the off-the-shelf ImageNet
 network, the shipped default bundle and any bundles passed in: one table.
 
-    .venv/bin/python benchmarks/real_images.py [--bundle DIR ...] [--only-bundles] [--data DIR] [--json OUT.json]
+    .venv/bin/python benchmarks/real_images.py [--bundle DIR ...] [--only-bundles] [--data DIR]
+                                               [--json OUT.json]
 
 The sets (each folder's README gives its source and ground truth):
 

@@ -37,22 +37,8 @@ def ensure_world(world: Path) -> Path:
     bags = world / "bags"
     if not (bags / MAP_TRAVERSE).is_dir():
         print(f"generating the demo world (seed 0) into {world}", flush=True)
-        _run(
-            sys.executable,
-            "-m",
-            "training",
-            "synth",
-            "--preset",
-            "demo",
-            "--seed",
-            "0",
-            "--formats",
-            "bag",
-            "--out",
-            world,
-            "--overwrite",
-            "--quiet",
-        )
+        demo = ("--preset", "demo", "--seed", "0", "--formats", "bag", "--overwrite", "--quiet")
+        _run(sys.executable, "-m", "training", "synth", *demo, "--out", world)
     return bags
 
 
@@ -70,35 +56,14 @@ def recall_at_1(report_dir: Path) -> float:
 def evaluate_bundle(bundle: Path, bags: Path, out: Path) -> dict[str, float]:
     """Recall@1 per query traverse, evaluating only the traverses without a report under ``out``."""
     map_dir = out / "map"
+    model = ("--model", bundle, "--overwrite", "--quiet")
     if not (map_dir / "map.json").is_file():
-        _run(
-            BIN / "vpr-build-map",
-            "--bag",
-            bags / MAP_TRAVERSE,
-            "--model",
-            bundle,
-            "--out",
-            map_dir,
-            "--overwrite",
-            "--quiet",
-        )
+        _run(BIN / "vpr-build-map", "--bag", bags / MAP_TRAVERSE, "--out", map_dir, *model)
     recalls = {}
     for bag in sorted(path for path in bags.iterdir() if path.name != MAP_TRAVERSE):
         report = out / bag.name
         if not (report / "report.json").is_file():
-            _run(
-                BIN / "vpr-eval",
-                "--map",
-                map_dir,
-                "--bag",
-                bag,
-                "--model",
-                bundle,
-                "--out",
-                report,
-                "--overwrite",
-                "--quiet",
-            )
+            _run(BIN / "vpr-eval", "--map", map_dir, "--bag", bag, "--out", report, *model)
         recalls[bag.name] = recall_at_1(report)
     return recalls
 

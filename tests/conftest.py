@@ -127,6 +127,7 @@ def town(tmp_path_factory) -> Path:
             TraverseSpec("day", "database", "main", drive(1.0, 1.5)),
             TraverseSpec("dusk", "query", "main", drive(4.0, 0.5)),
             TraverseSpec("day", "query", "detour", drive(4.0, 1.0)),
+            TraverseSpec("night", "query", "main", drive(2.0, 0.5)),
         ),
     )
     out = tmp_path_factory.mktemp("town") / "world"

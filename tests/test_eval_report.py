@@ -357,3 +357,38 @@ def test_a_run_entirely_off_the_route_reports_its_refusals(tmp_path, place_map, 
     assert "pr_curve.png" not in {p.name for p in out.glob("*.png")}
     text = summary({"run": RUN, **evaluation.report}, out)
     assert f"precision 0.000, recall –, off-route refused {100 * refused:.1f} %" in text
+
+
+def _cloud(rows: np.ndarray):
+    """A PointCloud2-like object holding ``rows``, as rosbags hands recorded messages over."""
+    from types import SimpleNamespace
+
+    fields = [SimpleNamespace(name=name) for name in rows.dtype.names]
+    return SimpleNamespace(
+        fields=fields, point_step=rows.dtype.itemsize, is_bigendian=False, data=rows.tobytes(),
+        width=len(rows), height=1,
+    )  # fmt: skip
+
+
+def test_match_tables_round_trip_with_filtered_rows_and_read_old_recordings():
+    from vpr_ros import match_table
+
+    positions, orientations = np.zeros((3, 3)), np.tile([0.0, 0.0, 0.0, 1.0], (3, 1))
+    own = match_table.table_rows(
+        np.array([4, 7, -1]), np.array([0.9, 0.8, 0.0]), positions, orientations, True
+    )
+    seq = match_table.table_rows(
+        np.array([7, 4, 2]), np.array([0.85, 0.9, 0.7]), positions, orientations, True, True
+    )
+    rows = match_table.read_table(_cloud(np.concatenate([own, seq])))
+    assert rows["filtered"].tolist() == [0, 0, 1, 1, 1] and rows["keyframe_id"].tolist() == [4, 7, 7, 4, 2]
+    log = AnswerLog()
+    log.add_match_table(5, rows[rows["filtered"] == 1])
+    assert log.answers().ids[0].tolist() == [7, 4, 2]
+    old_layout = np.dtype([(n, own.dtype.fields[n][0]) for n in own.dtype.names if n != "filtered"])
+    recorded = np.zeros(2, old_layout)
+    recorded["keyframe_id"], recorded["rank"] = [3, 1], [0, 1]
+    read = match_table.read_table(_cloud(recorded))  # a table recorded before the sequence filter
+    assert read["keyframe_id"].tolist() == [3, 1] and not read["filtered"].any()
+    with pytest.raises(InputError, match="not a vpr_ros match table"):
+        match_table.read_table(_cloud(np.zeros(2, [("x", "<f4")])))

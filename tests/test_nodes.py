@@ -262,6 +262,7 @@ def test_bad_frames_are_logged_and_the_node_keeps_serving(ros_process, town, bun
         ("other_model", "was built with model"),
         ("bad_range", "search.top_k"),
         ("no_map", "parameter map.dir is required"),
+        ("bad_sequence", "parameter sequence.min_speed / max_speed must satisfy 0 <= min <= max"),
     ],
 )
 def test_the_node_refuses_to_start_with_one_line(
@@ -286,7 +287,10 @@ def test_the_node_refuses_to_start_with_one_line(
         params["model.bundle_dir"] = str(other)
     elif problem == "no_map":
         params["map.dir"] = "''"  # an empty string on the command line
-    extra = ["search.top_k:=0"] if problem == "bad_range" else []
+    extra = {
+        "bad_range": ["search.top_k:=0"],
+        "bad_sequence": ["sequence.min_speed_mps:=3.0", "sequence.max_speed_mps:=1.0"],
+    }.get(problem, [])
     proc = ros_process(
         node_args("vpr_ros.nodes.localizer", *(f"{k}:={v}" for k, v in params.items()), *extra)
     )
@@ -403,3 +407,59 @@ def test_stays_current_when_the_camera_is_faster_than_the_backend(ros_process, t
     early, late = np.median(latencies[:10]), np.median(latencies[-10:])
     assert late < early + 2 * per_frame + 0.1, f"latency grew from {early:.3f} to {late:.3f} s: frames queue"
     assert values["frames invalid"] == "0"
+
+
+def test_sequence_filter_in_the_localizer_beats_single_frames_at_night(
+    ros_process, town, bundle, day_map
+) -> None:
+    """sequence.enabled with odometry: every answer keeps its image's stamp and still carries the
+    frame's own top-k; once the filter has its frames, its rows (filtered = 1) decide, and their
+    top-1 is right more often than the single frame's on the night drive (vpr-eval on this town:
+    0.650 vs 0.412 at length 10). ~/reset_sequence starts over; diagnostics say what it does."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from nav_msgs.msg import Odometry
+    from sensor_msgs.msg import Image, PointCloud2
+    from std_srvs.srv import Trigger
+
+    from vpr_ros.match_table import read_table
+
+    proc = ros_process(
+        node_args(
+            "vpr_ros.nodes.localizer",
+            f"model.bundle_dir:={bundle}",
+            f"map.dir:={day_map}",
+            "search.top_k:=20",
+            "sequence.enabled:=true",
+            "sequence.length:=10",
+            "sequence.odom_topic:=/odom",
+        )
+    )
+    night = frames(town / "t03_night")
+    single_hits, filtered_hits, tables = [], [], {}
+    with RosHarness() as ros:
+        matches = ros.record(PointCloud2, "/vpr/vpr_localizer/matches")
+        diagnostics = ros.record(DiagnosticArray, "/diagnostics")
+        image_pub = ros.publisher(Image, "/cam/image")
+        odom_pub = ros.publisher(Odometry, "/odom")
+        assert ros.wait_for_subscribers("/cam/image"), output_of(proc)
+        for frame in night:
+            odom_pub.publish(odometry_msg(frame.position, frame.orientation, frame.stamp_ns))
+            send_until_answered(ros, image_pub, image_msg(frame.rgb(), frame.stamp_ns), matches, proc)
+            rows = read_table(matches[-1][1])
+            tables[stamp_of(matches[-1][1])] = rows
+            own = rows[rows["filtered"] == 0]
+            chosen = rows[rows["filtered"] == 1] if rows["filtered"].any() else own
+            assert len(own) == 20
+            for hits, table in ((single_hits, own), (filtered_hits, chosen)):
+                best = table[table["rank"] == 0][0]
+                hits.append(np.hypot(best["x"] - frame.position[0], best["y"] - frame.position[1]) <= 10.0)
+        reset = ros.call(Trigger, "/vpr/vpr_localizer/reset_sequence", Trigger.Request())
+        ros.spin_until(lambda: any("sequence" in str(m.status[0].values) for _, m in diagnostics), 5.0)
+    assert sorted(tables) == sorted(f.stamp_ns for f in night), "every frame answered with its own stamp"
+    assert not any(tables[f.stamp_ns]["filtered"].any() for f in night[:2]), "single frames until min_frames"
+    assert all(tables[f.stamp_ns]["filtered"].any() for f in night[3:])
+    filtered_r1, single_r1 = np.mean(filtered_hits), np.mean(single_hits)
+    assert filtered_r1 >= single_r1 + 0.1, (filtered_r1, single_r1)
+    assert reset.success and "cleared" in reset.message
+    states = [kv.value for _, m in diagnostics for kv in m.status[0].values if kv.key == "sequence filter"]
+    assert any(state.startswith("filtering") and "odometry" in state for state in states), states

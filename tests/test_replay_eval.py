@@ -151,6 +151,24 @@ def test_ros_replay_gives_the_offline_metrics(
 
 
 @requires_rclpy
+def test_ros_replay_reports_the_nodes_sequence_filter(tmp_path, ros_process, town, bundle, day_map) -> None:
+    """vpr-replay --sequence-length: the localizer runs its filter on the bag's odometry and the
+    evaluator scores the match table's filtered rows beside its single-frame rows (night drive:
+    the filter's recall@1 above the frames' own)."""
+    out = tmp_path / "replay_seq"
+    argv = replay_argv(day_map, town / "t03_night", bundle, out, "--sequence-length", "10")
+    proc = ros_process([*argv, "--sequence-motion", "pose"])
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, log
+    report = report_of(out)
+    assert "sequence filter recall@1/5/10/20" in log
+    kind = "distance_and_heading"
+    single, filtered = report["recall"][kind]["at"]["1"], report["sequence"]["recall"][kind]["at"]["1"]
+    assert filtered >= single + 0.1, (filtered, single)  # vpr-eval on this drive: 0.650 vs 0.412
+    assert report["sequence"]["settings"] == {"source": "the localizer's match table (filtered rows)"}
+
+
+@requires_rclpy
 def test_replay_at_a_rate_reports_what_was_answered(tmp_path, ros_process, town, bundle, day_map) -> None:
     """The player at 4x the recorded rate, as ``ros2 bag play -r 4`` would: the evaluator ends on its
     idle timeout and accounts for every frame, answered or dropped."""
@@ -349,3 +367,45 @@ def test_replay_refuses_what_a_node_would_refuse_before_starting_it(
     error = capsys.readouterr().err
     assert error.startswith("error: ") and expected in error, error
     assert not out.exists() and not (tmp_path / "r.logs").exists()
+
+
+def test_sequence_filter_is_reported_beside_single_frames(tmp_path, capsys, town, bundle, day_map) -> None:
+    """vpr-eval --sequence-length: the single-frame numbers are unchanged, and the filter's are
+    computed by the same metrics beside them (the detour leaves the route and does not return)."""
+    single = tmp_path / "single"
+    filtered = tmp_path / "filtered"
+    args = (
+        "--map",
+        day_map,
+        "--bag",
+        town / "t02_day_detour",
+        "--model",
+        bundle,
+        "--threshold",
+        TOWN_THRESHOLD,
+    )
+    assert evaluate(capsys, *args, "--out", single)[0] == 0
+    rc, stdout, stderr = evaluate(
+        capsys, *args, "--out", filtered, "--sequence-length", "5", "--sequence-motion", "pose"
+    )
+    assert rc == 0, stderr
+    assert "sequence filter recall@1/5/10/20" in stdout
+    plain, report = report_of(single), report_of(filtered)
+    assert report["recall"] == plain["recall"] and report["unknown_place"] == plain["unknown_place"]
+    sequence = report["sequence"]
+    assert sequence["settings"] == {"length": 5, "motion": "pose"}
+    kind = "distance_and_heading"
+    assert sequence["recall"][kind]["at"]["1"] >= plain["recall"][kind]["at"]["1"]
+    assert sequence["unknown_place"]["configured"]["threshold"] == TOWN_THRESHOLD
+    assert sequence["relocalisation_frames"] == []
+    refused = sequence["unknown_place"]["configured"]["off_route_refused"]
+    assert refused >= plain["unknown_place"]["configured"]["off_route_refused"]  # measured 0.92 vs 0.77
+    assert "## Sequence filter" in (filtered / "report.md").read_text()
+
+
+def test_bad_sequence_length_is_refused(tmp_path, capsys, town, bundle, day_map) -> None:
+    with pytest.raises(SystemExit):
+        vpr_eval(["--map", str(day_map), "--bag", str(town / "t01_dusk"), "--model", str(bundle),
+                  "--out", str(tmp_path / "r"), "--sequence-length", "0"])  # fmt: skip
+    assert "--sequence-length: must be an integer >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

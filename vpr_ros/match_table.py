@@ -8,6 +8,9 @@ One point per top-k candidate, fields (all little-endian)::
     keyframe_id          uint32   id in the place map (keyframes.csv)
     rank                 uint8    0 = best match
     accepted             uint8    1 when this frame was localized (same value on every row)
+    filtered             uint8    0 = the frame's own top-k; 1 = the sequence filter's ranking
+                                  (rank 0 is its answer; its similarity there is the filter's
+                                  confidence), present only while the filter answers
 
 The header carries the query image's stamp and the map frame. A frame whose best similarity is
 below the threshold is published too, with ``accepted = 0``, so "unknown place" is explicit and
@@ -40,8 +43,11 @@ POINT_DTYPE = np.dtype(
         ("keyframe_id", "<u4"),
         ("rank", "u1"),
         ("accepted", "u1"),
+        ("filtered", "u1"),
     ]
 )
+# Tables recorded before the sequence filter: the same fields without ``filtered`` (all 0 when read).
+_SINGLE_FRAME_DTYPE = np.dtype([(name, POINT_DTYPE.fields[name][0]) for name in POINT_DTYPE.names[:-1]])
 # sensor_msgs/PointField datatype codes
 _DATATYPES = {np.dtype("<f4"): 7, np.dtype("<u4"): 6, np.dtype("u1"): 2}
 
@@ -69,6 +75,7 @@ def table_rows(
     positions: np.ndarray,
     orientations: np.ndarray,
     accepted: bool,
+    filtered: bool = False,
 ) -> np.ndarray:
     """The structured rows for k candidates (ids of -1, "no keyframe", are left out)."""
     keep = np.asarray(keyframe_ids) >= 0
@@ -80,6 +87,7 @@ def table_rows(
     rows["keyframe_id"] = np.asarray(keyframe_ids)[keep]
     rows["rank"] = np.arange(len(rows))
     rows["accepted"] = int(accepted)
+    rows["filtered"] = int(filtered)
     return rows
 
 
@@ -100,12 +108,17 @@ def cloud_fields(rows: np.ndarray) -> dict[str, Any]:
 def read_table(msg: Any) -> np.ndarray:
     """Structured rows of a match-table PointCloud2 (rclpy or rosbags message), checked."""
     names = [f.name for f in msg.fields]
-    if names != list(POINT_DTYPE.names) or int(msg.point_step) != POINT_DTYPE.itemsize:
+    layout = POINT_DTYPE if names == list(POINT_DTYPE.names) else _SINGLE_FRAME_DTYPE
+    if names != list(layout.names) or int(msg.point_step) != layout.itemsize:
         raise InputError(f"not a vpr_ros match table: fields {names}, point_step {msg.point_step}")
     if msg.is_bigendian:
         raise InputError("match table: big-endian clouds are not supported")
     data = bytes(msg.data) if not isinstance(msg.data, np.ndarray) else msg.data.tobytes()
     count = int(msg.width) * int(msg.height)
-    if len(data) != count * POINT_DTYPE.itemsize:
-        raise InputError(f"match table: {len(data)} bytes for {count} points of {POINT_DTYPE.itemsize}")
-    return np.frombuffer(data, POINT_DTYPE).copy()
+    if len(data) != count * layout.itemsize:
+        raise InputError(f"match table: {len(data)} bytes for {count} points of {layout.itemsize}")
+    parsed = np.frombuffer(data, layout)
+    rows = np.zeros(count, POINT_DTYPE)
+    for name in layout.names:
+        rows[name] = parsed[name]
+    return rows

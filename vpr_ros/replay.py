@@ -29,7 +29,7 @@ from vpr_ros.backends import BACKENDS
 from vpr_ros.cli import add_bag_topic_arguments
 from vpr_ros.errors import BackendError, InputError
 from vpr_ros.evaluation.ground_truth import check_same_frame
-from vpr_ros.evaluation.offline import TOP_K, settings_arguments, settings_from
+from vpr_ros.evaluation.offline import TOP_K, sequence_arguments, settings_arguments, settings_from
 from vpr_ros.evaluation.session import prepare
 from vpr_ros.nodes import params as P
 from vpr_ros.pose_sync import DEFAULT_TOLERANCE_S
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_bag_topic_arguments(parser, "ground-truth poses", DEFAULT_TOLERANCE_S)
     settings_arguments(parser)
+    sequence_arguments(parser)
     parser.add_argument(
         "--timeout", type=float, default=3600.0, metavar="S", help="give up after S seconds (default: 3600)"
     )
@@ -102,6 +103,21 @@ def _ros_args(
     return command
 
 
+def _sequence_params(args: argparse.Namespace, info: BagInfo) -> dict[str, P.Value]:
+    """The localizer's sequence.* parameters for --sequence-length / --sequence-motion."""
+    if args.sequence_length is None:
+        return {}
+    params: dict[str, P.Value] = {"sequence.enabled": True, "sequence.length": args.sequence_length}
+    if args.sequence_motion == "pose":
+        if not info.pose_type.endswith("Odometry"):
+            raise InputError(
+                f"--sequence-motion pose needs nav_msgs/Odometry on {info.pose_topic}, "
+                f"the bag has {info.pose_type}"
+            )
+        params["sequence.odom_topic"] = info.pose_topic
+    return params
+
+
 def _image_input(info: BagInfo) -> tuple[str, str]:
     """The localizer's ``image`` remap and ``input.transport`` for the bag's image topic."""
     if not info.image_type.endswith("CompressedImage"):
@@ -130,6 +146,7 @@ def _commands(args: argparse.Namespace, info: BagInfo) -> dict[str, list[str]]:
                 "search.top_k": TOP_K,
                 "search.similarity_threshold": args.threshold,
                 "output.publish_markers": False,
+                **_sequence_params(args, info),
             },
         ),
         "evaluator": _ros_args(

@@ -35,7 +35,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 
 import cv2
@@ -58,7 +57,13 @@ from vpr_ros.fileio import (
     staging_directory,
     sweep_leftovers,
 )
-from vpr_ros.localization.sequence_filter import KeyframeGraph, Motion, SequenceFilter, SequenceSettings
+from vpr_ros.localization.sequence_filter import (
+    KeyframeGraph,
+    Motion,
+    SequenceFilter,
+    SequenceSettings,
+    cosine_scorer,
+)
 
 REPORT_SCHEMA = "vpr_ros.bench_report/1"
 SUMMARY_SCHEMA = "vpr_ros.bench_summary/1"
@@ -215,21 +220,13 @@ def sequence_ranking(
         answer = filt.update(
             ids[t],
             scores[t],
-            partial(_scores, method.score, refs, query),  # kept for the frames after it: bind query
+            cosine_scorer(refs, query) if method.score == "cosine" else raw_pixels.sad_scorer(refs, query),
             Motion.unknown(),
         )
         extra = ids[t][~np.isin(ids[t], answer.ranking)]
         ranked[t] = np.concatenate([answer.ranking, extra])[:k]
         confidence[t] = answer.confidence
     return ranked, confidence
-
-
-def _scores(score: str, refs: np.ndarray, query: np.ndarray, keyframes: np.ndarray) -> np.ndarray:
-    """The query's score against references ``keyframes``, as :func:`search` scores them."""
-    chosen = refs[keyframes]
-    if score == "cosine":
-        return chosen @ query
-    return -np.abs(chosen - query).sum(axis=1) / refs.shape[1]
 
 
 def evaluate(dataset: Dataset, method: Method, sequence: SequenceSettings | None = None) -> BenchResult:

@@ -149,6 +149,21 @@ def evaluate(place_map: PlaceMap, truth: GroundTruth, answers: Answers, settings
     return Evaluation(report, queries, estimate_errors)
 
 
+def sequence_section(filtered: Evaluation, settings: dict) -> dict:
+    """The report's ``sequence`` part: the filter's settings, its retrieval, localization, pose and
+    unknown-place numbers (the filter's confidence is its top-1 score), and the re-localisation
+    delay: for every return to the route after off-route frames, how many frames passed until the
+    filter's top-1 was correct again (None when it never was)."""
+    on_route, correct = filtered.queries["on_route"], filtered.queries["top1_correct"]
+    delays = []
+    for start in np.flatnonzero(on_route[1:] & ~on_route[:-1]) + 1:
+        later = np.flatnonzero(correct[start:] & on_route[start:])
+        delays.append(int(later[0]) if len(later) else None)
+    keys = ("recall", "localization", "pose_estimates", "unknown_place")
+    numbers = {key: filtered.report[key] for key in keys}
+    return {"settings": settings, **numbers, "relocalisation_frames": delays}
+
+
 # ---------------------------------------------------------------------- correctness
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vpr_ros.backends import BACKENDS, create_backend
-from vpr_ros.cli import add_bag_topic_arguments, run
+from vpr_ros.cli import add_bag_topic_arguments, integer_at_least, run
 from vpr_ros.errors import InputError
 from vpr_ros.evaluation import raw_pixels
 from vpr_ros.evaluation.answers import AnswerLog
@@ -33,6 +33,13 @@ from vpr_ros.evaluation.ground_truth import TruthRecorder, check_same_frame, ope
 from vpr_ros.evaluation.metrics import EvalSettings
 from vpr_ros.evaluation.session import EvalInputs, finish, prepare
 from vpr_ros.image_codec import ImageConversionError
+from vpr_ros.localization.sequence_filter import (
+    FilterAnswer,
+    SequenceSettings,
+    SequenceTracker,
+    cosine_scorer,
+    ranked_answer,
+)
 from vpr_ros.pose_sync import DEFAULT_TOLERANCE_S
 from vpr_ros.rosbag_source import Frame, FrameStream, bag_info, iter_frames, parse_frame_source
 
@@ -77,6 +84,23 @@ def settings_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def sequence_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sequence filter's options, shared with ``vpr-replay``."""
+    parser.add_argument(
+        "--sequence-length",
+        type=integer_at_least(1),
+        metavar="L",
+        help="also run the sequence filter over the last L frames and report it beside single frames",
+    )
+    parser.add_argument(
+        "--sequence-motion",
+        choices=("pose", "time"),
+        default="time",
+        help="the filter's motion: increments of the bag's pose topic (as odometry; with ground-truth "
+        "poses that is perfect odometry) or the time between frames with the speed range (default: time)",
+    )
+
+
 def settings_from(args: argparse.Namespace) -> EvalSettings:
     return EvalSettings(distance_m=args.distance, angle_deg=args.angle or None)
 
@@ -99,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--map-bag", type=Path, help="the bag the map was built from (--baseline only)")
     add_bag_topic_arguments(parser, "ground-truth poses", DEFAULT_TOLERANCE_S)
     settings_arguments(parser)
+    sequence_arguments(parser)
     parser.add_argument(
         "--backend", choices=BACKENDS, default="auto", help="inference backend (default: auto)"
     )
@@ -123,13 +148,42 @@ def _evaluate(args: argparse.Namespace) -> str:
     check_same_frame(info, inputs.place_map, inputs.map_dir)
     truth = TruthRecorder(info)
     frames = _progress(stream, info.image_count, "evaluating", args.quiet)
+    tracker = None
+    if args.sequence_length is not None:
+        place_map = inputs.place_map
+        tracker = SequenceTracker(
+            place_map.positions, place_map.orientations, SequenceSettings(length=args.sequence_length)
+        )
+    filtered = FilteredLog(tracker, args.sequence_motion)
     if baseline:
-        log = _raw_pixel_answers(inputs, args, frames, truth)
+        log = _raw_pixel_answers(inputs, args, frames, truth, filtered)
         mode = "offline, raw-pixel baseline (SAD of patch-normalised 24x32 thumbnails)"
     else:
-        log = _model_answers(inputs, args.backend, frames, truth)
+        log = _model_answers(inputs, args.backend, frames, truth, filtered)
         mode = f"offline (vpr-eval, {args.backend} backend)"
-    return finish(inputs, truth.result(stream), log.answers(), mode)
+    sequence = None
+    if tracker is not None:
+        settings = {"length": args.sequence_length, "motion": args.sequence_motion}
+        sequence = (filtered.log.answers(), settings)
+    return finish(inputs, truth.result(stream), log.answers(), mode, sequence)
+
+
+class FilteredLog:
+    """The sequence filter's answers beside the single-frame ones (nothing when ``tracker`` is
+    None), as :func:`ranked_answer` lists them."""
+
+    def __init__(self, tracker: SequenceTracker | None, motion: str) -> None:
+        self.tracker = tracker
+        self.motion = motion
+        self.log = AnswerLog("cosine")
+
+    def add(self, frame: Frame, ids: np.ndarray, sims: np.ndarray, score) -> FilterAnswer | None:
+        if self.tracker is None:
+            return None
+        odometry = (frame.position, frame.orientation) if self.motion == "pose" else None
+        answer = self.tracker.step(frame.stamp_ns, ids, sims, score, odometry)
+        self.log.add(frame.stamp_ns, *ranked_answer(answer, ids, score))
+        return answer
 
 
 def _progress(stream: FrameStream, total: int, what: str, quiet: bool) -> Iterator[Frame]:
@@ -140,7 +194,11 @@ def _progress(stream: FrameStream, total: int, what: str, quiet: bool) -> Iterat
 
 
 def _model_answers(
-    inputs: EvalInputs, backend_name: str, frames: Iterator[Frame], truth: TruthRecorder
+    inputs: EvalInputs,
+    backend_name: str,
+    frames: Iterator[Frame],
+    truth: TruthRecorder,
+    filtered: FilteredLog,
 ) -> AnswerLog:
     backend = create_backend(inputs.bundle, backend_name, max_batch=1)
     log = AnswerLog("cosine")
@@ -155,14 +213,19 @@ def _model_answers(
             continue
         sims, ids = inputs.place_map.search(descriptor, k)
         log.add(frame.stamp_ns, ids[0], sims[0], time.perf_counter() - started)
+        filtered.add(frame, ids[0], sims[0], cosine_scorer(inputs.place_map.descriptors, descriptor[0]))
     return log
 
 
 def _raw_pixel_answers(
-    inputs: EvalInputs, args: argparse.Namespace, frames: Iterator[Frame], truth: TruthRecorder
+    inputs: EvalInputs,
+    args: argparse.Namespace,
+    frames: Iterator[Frame],
+    truth: TruthRecorder,
+    filtered: FilteredLog,
 ) -> AnswerLog:
     database = _keyframe_thumbnails(inputs, args.map_bag, args.sync_tolerance)
-    stamps, thumbnails = [], []
+    stamps, thumbnails, kept = [], [], []
     for frame in frames:
         truth.add(frame.stamp_ns, frame.position, frame.orientation)
         try:
@@ -171,13 +234,18 @@ def _raw_pixel_answers(
             logging.warning("%s: not evaluated: %s", frame.source, exc)
             continue
         stamps.append(frame.stamp_ns)
+        kept.append(frame)
     log = AnswerLog("negative_sad")
+    filtered.log = AnswerLog("negative_sad")
     if not thumbnails:
         return log
     k = min(TOP_K, len(database))
     sad, ids = raw_pixels.sad_search(database, np.stack(thumbnails), k)
-    for stamp, row_sad, row_ids in zip(stamps, sad, ids, strict=True):  # searched in one batch: no latency
-        log.add(stamp, row_ids, -row_sad / database.shape[1])
+    rows = zip(stamps, sad, ids, kept, thumbnails, strict=True)
+    for stamp, row_sad, row_ids, frame, thumbnail in rows:  # searched in one batch: no latency
+        scores = -row_sad / database.shape[1]
+        log.add(stamp, row_ids, scores)
+        filtered.add(frame, row_ids, scores, raw_pixels.sad_scorer(database, thumbnail))
     return log
 
 

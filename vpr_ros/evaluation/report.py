@@ -182,6 +182,7 @@ def _markdown(report: dict, figures: list[str]) -> str:
         "## Latency",
         "",
         *_latency(report["latency_ms"], report["frames"]),
+        *_sequence(report),
     ]
     return "\n".join(lines)
 
@@ -327,6 +328,35 @@ def _latency(latency: dict, frames: dict) -> list[str]:
 # ---------------------------------------------------------------------- console
 
 
+def _sequence(report: dict) -> list[str]:
+    """The sequence filter beside single frames (only when it ran)."""
+    sequence = report.get("sequence")
+    if sequence is None:
+        return []
+    kind, label = recall_kind(report)
+    single, filtered = report["recall"][kind]["at"], sequence["recall"][kind]["at"]
+    rows = [[f"recall@{n} ({label})", number(single[n], ".3f"), number(filtered[n], ".3f")] for n in single]
+    refused = [
+        percent(((part or {}).get("configured") or {}).get("off_route_refused"))
+        for part in (report["unknown_place"], sequence["unknown_place"])
+    ]
+    rows.append(["off-route frames refused at the threshold", *refused])
+    settings = ", ".join(f"{k} {v}" for k, v in sequence["settings"].items())
+    delays = sequence["relocalisation_frames"]
+    return [
+        "",
+        "## Sequence filter",
+        "",
+        f"Settings: {settings}. Its top-1 score is its confidence (mean similarity along the best "
+        "trajectory), thresholded like a single frame's.",
+        "",
+        *markdown_table(["", "single frame", "sequence filter"], rows),
+        "",
+        "Frames until the filter's top-1 was correct again after each return to the route: "
+        f"{delays or 'no return'}.",
+    ]
+
+
 def summary(report: dict, out: Path | None = None) -> str:
     """A few lines for the console: ``report`` is ``{"run": run, **evaluation.report}`` or a
     loaded report.json; ``out`` the report directory, named on the last line."""
@@ -341,6 +371,10 @@ def summary(report: dict, out: Path | None = None) -> str:
         f"truth ({f['on_route']} on the route, {f['off_route']} off)",
         f"recall@{'/'.join(at)} ({label}): {' / '.join(number(r, '.3f') for r in at.values())}",
     ]
+    if report.get("sequence") is not None:
+        filtered = report["sequence"]["recall"][kind]["at"]
+        values = " / ".join(number(r, ".3f") for r in filtered.values())
+        lines.append(f"sequence filter recall@{'/'.join(filtered)}: {values}")
     accuracy = _accuracy_at(report["localization"], s["distance_m"])
     if accuracy is not None:
         lines.append(f"top-1 within {s['distance_m']:g} m: {percent(accuracy)}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from vpr_ros.bundle import ModelBundle, load_bundle
 from vpr_ros.evaluation.answers import Answers
 from vpr_ros.evaluation.ground_truth import GroundTruth
-from vpr_ros.evaluation.metrics import EvalSettings, evaluate
+from vpr_ros.evaluation.metrics import EvalSettings, evaluate, sequence_section
 from vpr_ros.evaluation.report import check_report_dir, summary, write_report
 from vpr_ros.place_map import PlaceMap
 from vpr_ros.pose_estimate import resolve_threshold
@@ -60,9 +60,20 @@ def prepare(
     )
 
 
-def finish(inputs: EvalInputs, truth: GroundTruth, answers: Answers, mode: str) -> str:
-    """Evaluate, write the report (atomically) and return the console summary."""
+def finish(
+    inputs: EvalInputs,
+    truth: GroundTruth,
+    answers: Answers,
+    mode: str,
+    sequence: tuple[Answers, dict] | None = None,
+) -> str:
+    """Evaluate, write the report (atomically) and return the console summary. ``sequence``: the
+    sequence filter's answers for the same frames and its settings, evaluated by the same metrics
+    into the report's ``sequence`` section, beside the single-frame ones."""
     evaluation = evaluate(inputs.place_map, truth, answers, inputs.settings)
+    if sequence is not None:
+        filtered = evaluate(inputs.place_map, truth, sequence[0], inputs.settings)
+        evaluation.report["sequence"] = sequence_section(filtered, sequence[1])
     run = {
         "mode": mode,
         "model": None

@@ -48,6 +48,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -63,8 +64,8 @@ class SequenceSettings:
     """The filter's parameters; :meth:`check` names a bad one in one line."""
 
     length: int = 10
-    decay: float = 0.9
-    min_speed: float = 0.0
+    decay: float = 1.0
+    min_speed: float = 0.3  # m/s without odometry (keyframes per frame for ordered images)
     max_speed: float = 2.0
     speeds: int = 9
     odometry_scales: tuple[float, ...] = (0.9, 1.0, 1.1)
@@ -432,3 +433,64 @@ class SequenceFilter:
             np.array([frame.contrast[i] for i in ids.tolist()]),
             np.array([frame.raw[i] for i in ids.tolist()]),
         )
+
+
+def cosine_scorer(descriptors: np.ndarray, query: np.ndarray) -> Scorer:
+    """The scorer of a frame's L2-normalised descriptor against keyframe descriptors (cosine)."""
+    return partial(_cosine, descriptors, query)
+
+
+def _cosine(descriptors: np.ndarray, query: np.ndarray, keyframes: np.ndarray) -> np.ndarray:
+    return descriptors[keyframes] @ query
+
+
+def ranked_answer(answer: FilterAnswer, top_ids: np.ndarray, score: Scorer) -> tuple[np.ndarray, np.ndarray]:
+    """The filter's answer as a ranked result list of the single-frame list's length: its ranking,
+    then the single-frame results it did not rank; scored by each keyframe's similarity, except the
+    first, which is the filter's confidence (what the unknown-place threshold is applied to)."""
+    top_ids = np.asarray(top_ids, dtype=np.int64)
+    ranked = np.concatenate([answer.ranking, top_ids[~np.isin(top_ids, answer.ranking)]])[: len(top_ids)]
+    scores = np.asarray(score(ranked), dtype=np.float64)
+    scores[0] = answer.confidence
+    return ranked, scores
+
+
+class SequenceTracker:
+    """The filter as the localizer and the evaluations feed it, one frame at a time: keyframe graph
+    from the map's poses, motion from odometry poses (the increment between consecutive ones, in the
+    earlier pose's frame) or, without odometry, from the time between image stamps. A frame whose
+    stamp does not move forward restarts the sequence (a replayed or reordered stream)."""
+
+    def __init__(self, positions: np.ndarray, orientations: np.ndarray, settings: SequenceSettings) -> None:
+        cell = max(settings.snap_radius_m, settings.contrast_radius_m / 2)
+        self.filter = SequenceFilter(KeyframeGraph.from_poses(positions, orientations, cell), settings)
+        self._last: tuple[int, np.ndarray | None, float] | None = None  # stamp, xy, yaw
+
+    def reset(self) -> None:
+        self.filter.reset()
+        self._last = None
+
+    def step(
+        self,
+        stamp_ns: int,
+        top_ids: np.ndarray,
+        top_sims: np.ndarray,
+        score: Scorer,
+        odometry: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> FilterAnswer:
+        """``odometry``: the robot's (position [3], orientation [4] xyzw) in its odometry frame at
+        this image's stamp, or None to use the elapsed time."""
+        xy = None if odometry is None else np.asarray(odometry[0], dtype=np.float64)[:2]
+        yaw = 0.0 if odometry is None else float(yaw_of(np.asarray(odometry[1], dtype=np.float64)))
+        motion = None
+        if self._last is not None and stamp_ns > self._last[0]:
+            last_stamp, last_xy, last_yaw = self._last
+            if xy is not None and last_xy is not None:
+                c, s = math.cos(last_yaw), math.sin(last_yaw)
+                dx, dy = xy - last_xy
+                turn = (yaw - last_yaw + math.pi) % (2 * math.pi) - math.pi
+                motion = Motion.odometry(c * dx + s * dy, -s * dx + c * dy, turn)
+            elif xy is None:
+                motion = Motion.unknown((stamp_ns - last_stamp) * 1e-9)
+        self._last = (stamp_ns, xy, yaw)
+        return self.filter.update(top_ids, top_sims, score, motion)

@@ -10,6 +10,12 @@ stamped with the image's stamp in the map frame:
 - ``~/markers`` (current match), ``~/map_markers`` and ``~/keyframes`` (latched map layers), and
   ``/diagnostics``.
 
+With ``sequence.enabled`` the pose, the unknown-place decision (the filter's confidence against the
+threshold) and the match table's ``filtered`` rows come from the sequence filter over the last
+``sequence.length`` frames (:mod:`vpr_ros.localization.sequence_filter`; odometry from
+``sequence.odom_topic`` when set); the table still carries the frame's own top-k (``filtered = 0``).
+``~/reset_sequence`` (Trigger) forgets the history, e.g. after the robot was carried elsewhere.
+
 The image callback only stores the newest frame in a one-slot mailbox; a worker thread takes it.
 A backend slower than the camera therefore always works on the newest frame and the overwritten
 ones are counted as dropped, never queued (depth-1 QoS does the same inside DDS).
@@ -19,13 +25,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import faiss
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseWithCovarianceStamped
-from nav_msgs.msg import Path
+from nav_msgs.msg import Odometry, Path
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import SetBool, Trigger
@@ -34,6 +41,12 @@ from visualization_msgs.msg import MarkerArray
 from vpr_ros import match_table
 from vpr_ros.errors import InputError
 from vpr_ros.image_codec import ImageConversionError, message_to_rgb
+from vpr_ros.localization.sequence_filter import (
+    SequenceSettings,
+    SequenceTracker,
+    cosine_scorer,
+    ranked_answer,
+)
 from vpr_ros.nodes import messages
 from vpr_ros.nodes import params as P
 from vpr_ros.nodes.common import LATCHED_QOS, RESULT_QOS, LatencyWindow, VprNode, run
@@ -71,6 +84,32 @@ class Mailbox:
             self._cond.notify_all()
 
 
+class OdometryHistory:
+    """The recent odometry poses, for the pose nearest an image's stamp (the image is not held
+    back waiting for odometry: without a pose close enough the filter falls back to time)."""
+
+    def __init__(self, size: int = 500) -> None:
+        self._lock = threading.Lock()
+        self._poses: deque[tuple[int, np.ndarray, np.ndarray]] = deque(maxlen=size)
+
+    def add(self, msg) -> None:
+        pose = msg.pose.pose
+        position = np.array([pose.position.x, pose.position.y, pose.position.z])
+        q = pose.orientation
+        orientation = np.array([q.x, q.y, q.z, q.w])
+        if np.all(np.isfinite(position)) and np.all(np.isfinite(orientation)):
+            with self._lock:
+                self._poses.append((stamp_ns(msg.header), position, orientation))
+
+    def nearest(self, stamp: int, tolerance_ns: int = 500_000_000) -> tuple[np.ndarray, np.ndarray] | None:
+        with self._lock:
+            poses = list(self._poses)
+        if not poses:
+            return None
+        best = min(poses, key=lambda pose: abs(pose[0] - stamp))
+        return (best[1], best[2]) if abs(best[0] - stamp) <= tolerance_ns else None
+
+
 class Localizer(VprNode):
     PARAMS = P.LOCALIZER
     DIAGNOSTIC_TASK = "localization"
@@ -88,6 +127,11 @@ class Localizer(VprNode):
         self.last_accept = time.monotonic()
         self._last_processed = 0.0
         self._map_lock = threading.Lock()
+        self.tracker: SequenceTracker | None = None
+        self.sequence_state = "off"
+        self._sequence_stale = True  # rebuild the tracker before the next frame (settings, map, reset)
+        self.odometry = OdometryHistory()
+        self._odom_sub = None
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", RESULT_QOS)
         self.match_pub = self.create_publisher(PointCloud2, "~/matches", RESULT_QOS)
         self.marker_pub = self.create_publisher(MarkerArray, "~/markers", RESULT_QOS)
@@ -95,6 +139,7 @@ class Localizer(VprNode):
         self.path_pub = self.create_publisher(Path, "~/keyframes", LATCHED_QOS)
         self.create_service(Trigger, "~/reload_map", self._reload_map)
         self.create_service(SetBool, "~/set_enabled", self._set_enabled)
+        self.create_service(Trigger, "~/reset_sequence", self._reset_sequence)
         self.add_post_set_parameters_callback(self._apply_parameters)
 
     # ---------------------------------------------------------------- configure / activate
@@ -110,6 +155,22 @@ class Localizer(VprNode):
             f"similarity threshold {self.threshold():.3f}"
         )
         self.publish_map(self.map, self.path_pub, self.map_marker_pub)
+        self._sequence_settings()  # refuse bad sequence.* values at configure, in one line
+        if cfg["sequence.odom_topic"]:
+            self._odom_sub = self.create_subscription(
+                Odometry, str(cfg["sequence.odom_topic"]), self.odometry.add, 50
+            )
+
+    def _sequence_settings(self) -> SequenceSettings:
+        cfg = self.config
+        settings = SequenceSettings(
+            length=int(cfg["sequence.length"]),
+            min_frames=int(cfg["sequence.min_frames"]),
+            min_speed=float(cfg["sequence.min_speed_mps"]),
+            max_speed=float(cfg["sequence.max_speed_mps"]),
+        )
+        settings.check(prefix="parameter sequence.")
+        return settings
 
     def _read_map(self) -> PlaceMap:
         place_map = PlaceMap.load(
@@ -144,6 +205,10 @@ class Localizer(VprNode):
     def release(self) -> None:
         self.backend = None
         self.map = None
+        self.tracker = None
+        if self._odom_sub is not None:
+            self.destroy_subscription(self._odom_sub)
+            self._odom_sub = None
 
     def threshold(self) -> float:
         return resolve_threshold(
@@ -154,6 +219,8 @@ class Localizer(VprNode):
         for change in changes:
             if change.name in self.config:
                 self.config[change.name] = change.value
+                if change.name.startswith("sequence."):
+                    self._sequence_stale = True
 
     # ---------------------------------------------------------------- frames
 
@@ -186,6 +253,24 @@ class Localizer(VprNode):
                     f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0
                 )
 
+    def _tracker(self, place_map: PlaceMap) -> SequenceTracker | None:
+        """The sequence filter for this frame: rebuilt (history forgotten) after a change of its
+        parameters, a map reload or ~/reset_sequence; None while sequence.enabled is false or its
+        parameters do not fit together (logged once)."""
+        if self._sequence_stale:
+            self._sequence_stale = False
+            self.tracker = None
+            self.sequence_state = "off"
+            if self.config["sequence.enabled"]:
+                try:
+                    settings = self._sequence_settings()
+                except InputError as exc:
+                    self.sequence_state = f"off: {exc}"
+                    self.get_logger().error(f"sequence filter off: {exc}")
+                else:
+                    self.tracker = SequenceTracker(place_map.positions, place_map.orientations, settings)
+        return self.tracker
+
     def _process(self, msg, received: float) -> None:
         rgb = message_to_rgb(msg)
         t0 = time.monotonic()
@@ -195,19 +280,33 @@ class Localizer(VprNode):
             place_map = self.map
         k = int(self.config["search.top_k"])
         sims, ids = place_map.search(descriptor, k)
+        ranked, scores = ids[0], sims[0]
+        tracker = self._tracker(place_map)
+        filtered = None
+        if tracker is not None:
+            stamp = stamp_ns(msg.header)
+            odometry = self.odometry.nearest(stamp) if self.config["sequence.odom_topic"] else None
+            score = cosine_scorer(place_map.descriptors, descriptor[0])
+            answer = tracker.step(stamp, ids[0], sims[0], score, odometry)
+            self.sequence_state = (
+                f"{'filtering' if answer.filtered else 'collecting'}: {answer.frames} frames, "
+                f"{'odometry' if odometry is not None else 'speed range'}"
+            )
+            if answer.filtered:
+                ranked, scores = ranked_answer(answer, ids[0], score)
+                filtered = (ranked, scores)
         estimate = estimate_pose(
-            sims[0],
-            ids[0],
+            scores,
+            ranked,
             place_map,
             method=str(self.config["estimate.method"]),
             sigma_m=float(self.config["estimate.sigma_m"]),
             similarity_threshold=self.threshold(),
             min_position_std_m=float(self.config["estimate.min_position_std_m"]),
         )
-        safe = np.clip(ids[0], 0, None)  # -1 = fewer keyframes than k; table_rows leaves those out
-        rows = match_table.table_rows(
-            ids[0], sims[0], place_map.positions[safe], place_map.orientations[safe], estimate.accepted
-        )
+        rows = self._table(place_map, ids[0], sims[0], estimate.accepted, filtered=False)
+        if filtered is not None:
+            rows = np.concatenate([rows, self._table(place_map, *filtered, estimate.accepted, filtered=True)])
         header = Header(stamp=msg.header.stamp, frame_id=place_map.frame_id)
         if estimate.accepted:
             self.pose_pub.publish(messages.pose_with_covariance(header, estimate))
@@ -225,6 +324,13 @@ class Localizer(VprNode):
             f"{'accepted' if estimate.accepted else 'unknown place'}"
         )
 
+    @staticmethod
+    def _table(place_map: PlaceMap, ids: np.ndarray, sims: np.ndarray, accepted: bool, filtered: bool):
+        safe = np.clip(ids, 0, None)  # -1 = fewer keyframes than k; table_rows leaves those out
+        return match_table.table_rows(
+            ids, sims, place_map.positions[safe], place_map.orientations[safe], accepted, filtered
+        )
+
     # ---------------------------------------------------------------- services
 
     def _reload_map(self, request, response):
@@ -239,8 +345,16 @@ class Localizer(VprNode):
             return response
         with self._map_lock:
             self.map = fresh
+        self._sequence_stale = True
         self.publish_map(self.map, self.path_pub, self.map_marker_pub)
         response.success, response.message = True, f"{len(fresh)} keyframes from {self.config['map.dir']}"
+        return response
+
+    def _reset_sequence(self, request, response):
+        self._sequence_stale = True
+        response.success = True
+        enabled = self.config.get("sequence.enabled")
+        response.message = "sequence history cleared" if enabled else "sequence filter is off"
         return response
 
     def _set_enabled(self, request, response):
@@ -280,6 +394,7 @@ class Localizer(VprNode):
                 "last similarity": self.last_similarity,
                 "accepted ratio": self.counts["accepted"] / processed,
                 "map keyframes": len(self.map),
+                "sequence filter": self.sequence_state,
                 "model": self.bundle.content_hash[:19],
             },
         )

@@ -92,6 +92,17 @@ LOCALIZER: tuple[Param, ...] = (
     Param("estimate.sigma_m", 5.0, "kNN Gaussian kernel width (m)", 0.01, 1000.0, dynamic=True),
     Param("estimate.min_position_std_m", 0.5, "floor of the published position std (m)", 0.0, 100.0,
           dynamic=True),
+    Param("sequence.enabled", False, "answer from the sequence filter over the last frames "
+          "(vpr_ros.localization.sequence_filter) instead of each frame alone", dynamic=True),
+    Param("sequence.length", 10, "frames the filter matches as one trajectory", 1, 200, dynamic=True),
+    Param("sequence.min_frames", 3, "frames of history before the filter answers (single frames until then)",
+          1, 200, dynamic=True),
+    Param("sequence.odom_topic", "", "nav_msgs/Odometry topic for the distance moved between frames "
+          "('' = none: the speed range times the time between frames)"),
+    Param("sequence.min_speed_mps", 0.3, "without odometry: slowest speed a trajectory assumes (m/s)",
+          0.0, 100.0, dynamic=True),
+    Param("sequence.max_speed_mps", 2.0, "without odometry: fastest speed a trajectory assumes (m/s)",
+          0.0, 100.0, dynamic=True),
     *_common_tail(),
 )  # fmt: skip
 

@@ -147,12 +147,20 @@ class ReplayEvaluator(Node):
             self.done = True
 
     def report(self) -> str:
-        log = AnswerLog("cosine")
+        log, filtered = AnswerLog("cosine"), AnswerLog("cosine")
         for stamp, (rows, received_ns) in self.answers.items():
             published_ns = self.published.get(stamp)
             latency_s = float("nan") if published_ns is None else (received_ns - published_ns) / 1e9
-            log.add_match_table(stamp, rows, latency_s)
-        return finish(self.inputs, self.truth, log.answers(), str(self.config["run.description"]))
+            single = rows[rows["filtered"] == 0]
+            log.add_match_table(stamp, single, latency_s)
+            # the sequence filter's rows where it answered; before it did, the frame's own
+            answered = rows[rows["filtered"] == 1] if rows["filtered"].any() else single
+            filtered.add_match_table(stamp, answered, latency_s)
+        answers = filtered.answers()
+        sequence = None
+        if any(rows["filtered"].any() for rows, _ in self.answers.values()):
+            sequence = (answers, {"source": "the localizer's match table (filtered rows)"})
+        return finish(self.inputs, self.truth, log.answers(), str(self.config["run.description"]), sequence)
 
 
 def main(args: list[str] | None = None) -> int:
