@@ -84,4 +84,4 @@ def test_default_model_is_no_worse_on_real_places_than_the_imagenet_network(reca
 
 def test_default_model_beats_the_imagenet_network_on_the_mean(recall) -> None:
     default, imagenet = (np.mean(list(recall[name].values())) for name in ("default", "imagenet"))
-    assert default >= imagenet + 0.015, recall  # measured: +0.021 (0.754 vs 0.733)
+    assert default >= imagenet + 0.015, recall  # measured: +0.023 (0.756 vs 0.733)
