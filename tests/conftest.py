@@ -122,12 +122,18 @@ def town(tmp_path_factory) -> Path:
     preset = dataclasses.replace(
         small,
         name="nodes",
-        routes={**small.routes, "detour": [(1, 1), (2, 1), (2, 2), (2, 3)]},
+        routes={
+            **small.routes,
+            "detour": [(1, 1), (2, 1), (2, 2), (2, 3)],
+            # leaves the mapped route at its start, loops through unmapped streets, rejoins it
+            "rejoin": [(1, 1), (1, 2), (2, 2), (2, 1), (3, 1), (3, 2)],
+        },
         traverses=(
             TraverseSpec("day", "database", "main", drive(1.0, 1.5)),
             TraverseSpec("dusk", "query", "main", drive(4.0, 0.5)),
             TraverseSpec("day", "query", "detour", drive(4.0, 1.0)),
             TraverseSpec("night", "query", "main", drive(2.0, 0.5)),
+            TraverseSpec("day", "query", "rejoin", drive(4.0, 1.0)),
         ),
     )
     out = tmp_path_factory.mktemp("town") / "world"
