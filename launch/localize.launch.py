@@ -1,6 +1,7 @@
 """Localize against a place map with the vpr_localizer lifecycle node.
 
     ros2 launch vpr_ros localize.launch.py model:=/path/bundle map:=/path/map image_topic:=/camera/image_raw
+    ros2 launch vpr_ros localize.launch.py ... sequence:=true odom_topic:=/odom   # the sequence filter
 
 The node autostarts (``autostart: true`` in the params file); set it false to drive the lifecycle
 from a manager. Launch arguments override the params file (they are applied after it), in the style
@@ -12,6 +13,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 BACKENDS = ["auto", "tensorrt", "onnxruntime", "torch"]
@@ -37,6 +39,20 @@ def generate_launch_description() -> LaunchDescription:
             default_value="fp16",
             choices=["fp32", "fp16", "int8"],
             description="TensorRT precision",
+        ),
+        DeclareLaunchArgument(
+            "sequence",
+            default_value="false",
+            choices=["true", "false"],
+            description="answer from the sequence filter over the last frames (sequence.enabled)",
+        ),
+        DeclareLaunchArgument(
+            "sequence_length", default_value="10", description="frames per trajectory (sequence.length)"
+        ),
+        DeclareLaunchArgument(
+            "odom_topic",
+            default_value="",
+            description="nav_msgs/Odometry for the filter's motion ('' = speed range; sequence.odom_topic)",
         ),
         DeclareLaunchArgument(
             "params_file",
@@ -73,6 +89,9 @@ def generate_launch_description() -> LaunchDescription:
                 "model.backend": arg("backend"),
                 "model.precision": arg("precision"),
                 "input.transport": transport,
+                "sequence.enabled": ParameterValue(arg("sequence"), value_type=bool),
+                "sequence.length": ParameterValue(arg("sequence_length"), value_type=int),
+                "sequence.odom_topic": ParameterValue(arg("odom_topic"), value_type=str),
                 "use_sim_time": arg("use_sim_time"),
             },
         ],
