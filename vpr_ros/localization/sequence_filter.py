@@ -269,6 +269,7 @@ class SequenceFilter:
 
     @property
     def frames(self) -> int:
+        """Frames kept for the next update's trajectories (at most ``length - 1``)."""
         return len(self._history)
 
     def update(
@@ -290,7 +291,8 @@ class SequenceFilter:
         candidates = self._candidates(ids)
         ends, steps = self._trajectories(candidates)
         normalised, raw, weight_sum = self._score(frame, candidates, ends, steps)
-        value = normalised / (self.settings.decay ** np.arange(len(self._history) + 1)).sum()
+        used = len(self._history) + 1  # the history and this frame
+        value = normalised / (self.settings.decay ** np.arange(used)).sum()
         best = int(np.argmax(value))
         per_end = np.full(len(candidates), -np.inf)
         np.maximum.at(per_end, ends, value)
@@ -300,17 +302,15 @@ class SequenceFilter:
         rivals = per_end[far > self.settings.exclusion_radius_m]
         frame.best = ranking[: self.settings.tracked]
         self._history.append(frame)
-        if len(self._history) < self.settings.min_frames:  # not yet evidence: the single frame's answer
-            return FilterAnswer(
-                int(ids[0]), float(sims[0]), float(sims[0]), math.nan, ids, len(self._history), False
-            )
+        if used < self.settings.min_frames:  # not yet evidence: the single frame's answer
+            return FilterAnswer(int(ids[0]), float(sims[0]), float(sims[0]), math.nan, ids, used, False)
         return FilterAnswer(
             keyframe_id=int(end),
             similarity=float(score(np.array([end]))[0]),
             confidence=float(raw[best] / weight_sum[best]),
             margin=float(value[best] - rivals.max()) if len(rivals) else math.inf,
             ranking=ranking,
-            frames=len(self._history),
+            frames=used,
             filtered=True,
         )
 
