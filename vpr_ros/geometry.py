@@ -88,9 +88,14 @@ def yaw_of(q: np.ndarray) -> np.ndarray | float:
     return float(yaw) if np.ndim(yaw) == 0 else yaw
 
 
+def wrap_angle(angle: np.ndarray | float) -> np.ndarray:
+    """An angle in radians wrapped into [-pi, pi)."""
+    return (np.asarray(angle) + np.pi) % (2.0 * np.pi) - np.pi
+
+
 def yaw_difference(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
     """Absolute heading difference in radians, wrapped: +179 and -179 degrees are 2 degrees apart."""
-    return np.abs((np.asarray(a) - b + np.pi) % (2.0 * np.pi) - np.pi)
+    return np.abs(wrap_angle(np.asarray(a) - b))
 
 
 def parse_extrinsic(values: str | Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -63,6 +63,7 @@ from vpr_ros.localization.sequence_filter import (
     SequenceFilter,
     SequenceSettings,
     cosine_scorer,
+    ranked_answer,
 )
 
 REPORT_SCHEMA = "vpr_ros.bench_report/1"
@@ -211,21 +212,15 @@ def sequence_ranking(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The sequence filter run over the queries in their order against the references as one
     ordered route: (ranked reference ids [Q, k], its confidence per query). The filter's own
-    candidates come first, then the single-frame results it did not rank."""
+    candidates come first, then the single-frame results it did not rank (:func:`ranked_answer`)."""
     filt = SequenceFilter(KeyframeGraph.chain(len(refs)), settings)
     ranked = np.empty_like(ids)
     confidence = np.empty(len(queries))
-    k = ids.shape[1]
     for t, query in enumerate(queries):
-        answer = filt.update(
-            ids[t],
-            scores[t],
-            cosine_scorer(refs, query) if method.score == "cosine" else raw_pixels.sad_scorer(refs, query),
-            Motion.unknown(),
-        )
-        extra = ids[t][~np.isin(ids[t], answer.ranking)]
-        ranked[t] = np.concatenate([answer.ranking, extra])[:k]
-        confidence[t] = answer.confidence
+        score = cosine_scorer(refs, query) if method.score == "cosine" else raw_pixels.sad_scorer(refs, query)
+        answer = filt.update(ids[t], scores[t], score, Motion.unknown())
+        ranked[t], answer_scores = ranked_answer(answer, ids[t], score)
+        confidence[t] = answer_scores[0]
     return ranked, confidence
 
 

@@ -34,7 +34,7 @@ from vpr_ros.evaluation.metrics import EvalSettings
 from vpr_ros.evaluation.session import EvalInputs, finish, prepare
 from vpr_ros.image_codec import ImageConversionError
 from vpr_ros.localization.sequence_filter import (
-    FilterAnswer,
+    Scorer,
     SequenceSettings,
     SequenceTracker,
     cosine_scorer,
@@ -154,7 +154,7 @@ def _evaluate(args: argparse.Namespace) -> str:
         tracker = SequenceTracker(
             place_map.positions, place_map.orientations, SequenceSettings(length=args.sequence_length)
         )
-    filtered = FilteredLog(tracker, args.sequence_motion)
+    filtered = FilteredLog(tracker, args.sequence_motion, "negative_sad" if baseline else "cosine")
     if baseline:
         log = _raw_pixel_answers(inputs, args, frames, truth, filtered)
         mode = "offline, raw-pixel baseline (SAD of patch-normalised 24x32 thumbnails)"
@@ -172,18 +172,17 @@ class FilteredLog:
     """The sequence filter's answers beside the single-frame ones (nothing when ``tracker`` is
     None), as :func:`ranked_answer` lists them."""
 
-    def __init__(self, tracker: SequenceTracker | None, motion: str) -> None:
+    def __init__(self, tracker: SequenceTracker | None, motion: str, score: str) -> None:
         self.tracker = tracker
         self.motion = motion
-        self.log = AnswerLog("cosine")
+        self.log = AnswerLog(score)
 
-    def add(self, frame: Frame, ids: np.ndarray, sims: np.ndarray, score) -> FilterAnswer | None:
+    def add(self, frame: Frame, ids: np.ndarray, sims: np.ndarray, score: Scorer) -> None:
         if self.tracker is None:
-            return None
+            return
         odometry = (frame.position, frame.orientation) if self.motion == "pose" else None
         answer = self.tracker.step(frame.stamp_ns, ids, sims, score, odometry)
         self.log.add(frame.stamp_ns, *ranked_answer(answer, ids, score))
-        return answer
 
 
 def _progress(stream: FrameStream, total: int, what: str, quiet: bool) -> Iterator[Frame]:
@@ -236,7 +235,6 @@ def _raw_pixel_answers(
         stamps.append(frame.stamp_ns)
         kept.append(frame)
     log = AnswerLog("negative_sad")
-    filtered.log = AnswerLog("negative_sad")
     if not thumbnails:
         return log
     k = min(TOP_K, len(database))

@@ -53,7 +53,7 @@ from functools import partial
 import numpy as np
 
 from vpr_ros.errors import InputError
-from vpr_ros.geometry import yaw_of
+from vpr_ros.geometry import wrap_angle, yaw_of
 
 BACKGROUND = 256  # keyframes sampled once per map: each frame's similarity to the map at large
 Scorer = Callable[[np.ndarray], np.ndarray]  # keyframe ids -> the frame's similarity to each
@@ -358,7 +358,7 @@ class SequenceFilter:
         history = list(self._history)
         if not history:
             return np.arange(len(candidates)), []
-        hypotheses = max(len(self._distances(f.motion)) for f in history if f.motion is not None)
+        hypotheses = max(len(self._distances(f.motion)) for f in history)
         ends = np.repeat(np.arange(len(candidates)), hypotheses)
         which = np.tile(np.arange(hypotheses), len(candidates))
         at = candidates[ends]
@@ -488,8 +488,7 @@ class SequenceTracker:
             if xy is not None and last_xy is not None:
                 c, s = math.cos(last_yaw), math.sin(last_yaw)
                 dx, dy = xy - last_xy
-                turn = (yaw - last_yaw + math.pi) % (2 * math.pi) - math.pi
-                motion = Motion.odometry(c * dx + s * dy, -s * dx + c * dy, turn)
+                motion = Motion.odometry(c * dx + s * dy, -s * dx + c * dy, float(wrap_angle(yaw - last_yaw)))
             elif xy is None:
                 motion = Motion.unknown((stamp_ns - last_stamp) * 1e-9)
         self._last = (stamp_ns, xy, yaw)

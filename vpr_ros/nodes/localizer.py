@@ -129,7 +129,8 @@ class Localizer(VprNode):
         self._map_lock = threading.Lock()
         self.tracker: SequenceTracker | None = None
         self.sequence_state = "off"
-        self._sequence_stale = True  # rebuild the tracker before the next frame (settings, map, reset)
+        self._sequence_stale = True  # rebuild the tracker before the next frame (settings, map)
+        self._sequence_reset = False  # ~/reset_sequence: forget the history before the next frame
         self.odometry = OdometryHistory()
         self._odom_sub = None
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", RESULT_QOS)
@@ -254,9 +255,14 @@ class Localizer(VprNode):
                 )
 
     def _tracker(self, place_map: PlaceMap) -> SequenceTracker | None:
-        """The sequence filter for this frame: rebuilt (history forgotten) after a change of its
-        parameters, a map reload or ~/reset_sequence; None while sequence.enabled is false or its
-        parameters do not fit together (logged once)."""
+        """The sequence filter for this frame: rebuilt after a change of its parameters or a map
+        reload, its history cleared after ~/reset_sequence (both on this worker thread, which alone
+        uses it); None while sequence.enabled is false or its parameters do not fit together
+        (logged once)."""
+        if self._sequence_reset:
+            self._sequence_reset = False
+            if self.tracker is not None:
+                self.tracker.reset()
         if self._sequence_stale:
             self._sequence_stale = False
             self.tracker = None
@@ -351,7 +357,7 @@ class Localizer(VprNode):
         return response
 
     def _reset_sequence(self, request, response):
-        self._sequence_stale = True
+        self._sequence_reset = True
         response.success = True
         enabled = self.config.get("sequence.enabled")
         response.message = "sequence history cleared" if enabled else "sequence filter is off"

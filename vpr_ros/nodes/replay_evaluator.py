@@ -148,18 +148,19 @@ class ReplayEvaluator(Node):
 
     def report(self) -> str:
         log, filtered = AnswerLog("cosine"), AnswerLog("cosine")
+        filter_answered = False
         for stamp, (rows, received_ns) in self.answers.items():
             published_ns = self.published.get(stamp)
             latency_s = float("nan") if published_ns is None else (received_ns - published_ns) / 1e9
             single = rows[rows["filtered"] == 0]
             log.add_match_table(stamp, single, latency_s)
             # the sequence filter's rows where it answered; before it did, the frame's own
-            answered = rows[rows["filtered"] == 1] if rows["filtered"].any() else single
-            filtered.add_match_table(stamp, answered, latency_s)
-        answers = filtered.answers()
+            own = rows["filtered"] == 1
+            filtered.add_match_table(stamp, rows[own] if own.any() else single, latency_s)
+            filter_answered |= bool(own.any())
         sequence = None
-        if any(rows["filtered"].any() for rows, _ in self.answers.values()):
-            sequence = (answers, {"source": "the localizer's match table (filtered rows)"})
+        if filter_answered:
+            sequence = (filtered.answers(), {"source": "the localizer's match table (filtered rows)"})
         return finish(self.inputs, self.truth, log.answers(), str(self.config["run.description"]), sequence)
 
 
