@@ -417,7 +417,7 @@ def test_sequence_filter_in_the_localizer_beats_single_frames_at_night(
     """sequence.enabled with odometry: every answer keeps its image's stamp and still carries the
     frame's own top-k; once the filter has its frames, its rows (filtered = 1) decide, and their
     top-1 is right more often than the single frame's on the night drive (vpr-eval on this town:
-    0.650 vs 0.412 at length 10). ~/reset_sequence starts over; diagnostics say what it does."""
+    0.600 vs 0.412 at length 10). ~/reset_sequence starts over; diagnostics say what it does."""
     from diagnostic_msgs.msg import DiagnosticArray
     from nav_msgs.msg import Odometry
     from sensor_msgs.msg import Image, PointCloud2

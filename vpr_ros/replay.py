@@ -29,7 +29,13 @@ from vpr_ros.backends import BACKENDS
 from vpr_ros.cli import add_bag_topic_arguments
 from vpr_ros.errors import BackendError, InputError
 from vpr_ros.evaluation.ground_truth import check_same_frame
-from vpr_ros.evaluation.offline import TOP_K, sequence_arguments, settings_arguments, settings_from
+from vpr_ros.evaluation.offline import (
+    TOP_K,
+    sequence_arguments,
+    sequence_settings,
+    settings_arguments,
+    settings_from,
+)
 from vpr_ros.evaluation.session import prepare
 from vpr_ros.nodes import params as P
 from vpr_ros.pose_sync import DEFAULT_TOLERANCE_S
@@ -104,10 +110,13 @@ def _ros_args(
 
 
 def _sequence_params(args: argparse.Namespace, info: BagInfo) -> dict[str, P.Value]:
-    """The localizer's sequence.* parameters for --sequence-length / --sequence-motion."""
+    """The localizer's sequence.* parameters for --sequence-length / --sequence-motion / --sequence-speeds."""
     if args.sequence_length is None:
         return {}
+    sequence_settings(args)  # refuse a bad --sequence-speeds before any node starts
     params: dict[str, P.Value] = {"sequence.enabled": True, "sequence.length": args.sequence_length}
+    if args.sequence_motion == "time":
+        params["sequence.min_speed_mps"], params["sequence.max_speed_mps"] = args.sequence_speeds
     if args.sequence_motion == "pose":
         if not info.pose_type.endswith("Odometry"):
             raise InputError(

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vpr_ros.backends import BACKENDS, create_backend
-from vpr_ros.cli import add_bag_topic_arguments, integer_at_least, run
+from vpr_ros.cli import add_bag_topic_arguments, integer_at_least, non_negative, run
 from vpr_ros.errors import InputError
 from vpr_ros.evaluation import raw_pixels
 from vpr_ros.evaluation.answers import AnswerLog
@@ -99,6 +99,34 @@ def sequence_arguments(parser: argparse.ArgumentParser) -> None:
         help="the filter's motion: increments of the bag's pose topic (as odometry; with ground-truth "
         "poses that is perfect odometry) or the time between frames with the speed range (default: time)",
     )
+    parser.add_argument(
+        "--sequence-speeds",
+        type=non_negative,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=(SequenceSettings.min_speed, SequenceSettings.max_speed),
+        help="with --sequence-motion time: the speed range in m/s the filter's trajectories assume "
+        "(default: the localizer's, %(default)s)",
+    )
+
+
+def sequence_settings(args: argparse.Namespace) -> SequenceSettings | None:
+    """The filter's settings from --sequence-*, checked (None without --sequence-length)."""
+    if args.sequence_length is None:
+        return None
+    low, high = args.sequence_speeds
+    settings = SequenceSettings(length=args.sequence_length, min_speed=low, max_speed=high)
+    if low > high:
+        raise InputError(f"--sequence-speeds: MIN must not exceed MAX, got {low} {high}")
+    return settings
+
+
+def sequence_report_settings(args: argparse.Namespace) -> dict:
+    """What the report records of the filter's settings."""
+    settings: dict = {"length": args.sequence_length, "motion": args.sequence_motion}
+    if args.sequence_motion == "time":
+        settings["speeds_mps"] = list(args.sequence_speeds)
+    return settings
 
 
 def settings_from(args: argparse.Namespace) -> EvalSettings:
@@ -143,17 +171,16 @@ def _evaluate(args: argparse.Namespace) -> str:
         raise InputError("pass either --model (a model) or --baseline (raw pixels), not both or neither")
     if baseline and args.map_bag is None:
         raise InputError("--baseline raw-pixels needs --map-bag, the bag the map was built from")
+    sequence_config = sequence_settings(args)
     inputs = prepare(args.map, args.model, args.out, args.overwrite, settings_from(args), args.threshold)
     info, stream = open_query_bag(args.bag, args.image_topic, args.pose_topic, args.sync_tolerance)
     check_same_frame(info, inputs.place_map, inputs.map_dir)
     truth = TruthRecorder(info)
     frames = _progress(stream, info.image_count, "evaluating", args.quiet)
     tracker = None
-    if args.sequence_length is not None:
+    if sequence_config is not None:
         place_map = inputs.place_map
-        tracker = SequenceTracker(
-            place_map.positions, place_map.orientations, SequenceSettings(length=args.sequence_length)
-        )
+        tracker = SequenceTracker(place_map.positions, place_map.orientations, sequence_config)
     filtered = FilteredLog(tracker, args.sequence_motion, "negative_sad" if baseline else "cosine")
     if baseline:
         log = _raw_pixel_answers(inputs, args, frames, truth, filtered)
@@ -163,8 +190,7 @@ def _evaluate(args: argparse.Namespace) -> str:
         mode = f"offline (vpr-eval, {args.backend} backend)"
     sequence = None
     if tracker is not None:
-        settings = {"length": args.sequence_length, "motion": args.sequence_motion}
-        sequence = (filtered.log.answers(), settings)
+        sequence = (filtered.log.answers(), sequence_report_settings(args))
     return finish(inputs, truth.result(stream), log.answers(), mode, sequence)
 
 

@@ -169,6 +169,7 @@ class Localizer(VprNode):
             min_frames=int(cfg["sequence.min_frames"]),
             min_speed=float(cfg["sequence.min_speed_mps"]),
             max_speed=float(cfg["sequence.max_speed_mps"]),
+            switch_cost=float(cfg["sequence.switch_cost"]),
         )
         settings.check(prefix="parameter sequence.")
         return settings

@@ -103,6 +103,9 @@ LOCALIZER: tuple[Param, ...] = (
           0.0, 100.0, dynamic=True),
     Param("sequence.max_speed_mps", 2.0, "without odometry: fastest speed a trajectory assumes (m/s)",
           0.0, 100.0, dynamic=True),
+    Param("sequence.switch_cost", 1.0, "lead per frame of history (normalised units, up to 10 frames) a "
+          "trajectory elsewhere needs to move the answer away from the place it follows (0 = none)",
+          0.0, 100.0, dynamic=True),
     *_common_tail(),
 )  # fmt: skip
 
