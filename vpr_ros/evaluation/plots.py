@@ -50,19 +50,32 @@ def _save(figure: Figure, ax: Axes, png: Path) -> bool:
     return True
 
 
+# Single-frame curves solid, the sequence filter's (when it ran) dashed in the same colour.
+PART_STYLES = {"single": ("", "-"), "sequence": (", sequence filter", "--")}
+
+
+def _parts(report: dict) -> list[tuple[str, dict]]:
+    """The single-frame report and, when the sequence filter ran, its section."""
+    return [("single", report)] + ([("sequence", report["sequence"])] if report.get("sequence") else [])
+
+
 def recall_at_n(report: dict, evaluation: Evaluation, place_map: PlaceMap, png: Path) -> bool:
     """recall@N against N, by distance and by distance and heading."""
     curves = {
-        kind: sorted((int(n), r) for n, r in table["at"].items() if r is not None)
-        for kind, table in report["recall"].items()
+        (kind, part): sorted((int(n), r) for n, r in table["at"].items() if r is not None)
+        for part, section in _parts(report)
+        for kind, table in section["recall"].items()
     }
     if not any(curves.values()):
         return False
     figure, ax = axes("Retrieval recall@N (on-route queries)", "N (results considered)", "recall@N")
-    for kind, points in curves.items():
+    kinds = list(dict.fromkeys(kind for kind, _ in curves))
+    for (kind, part), points in curves.items():
         if points:
             ns, recall = zip(*points)
-            ax.plot(ns, recall, marker="o", label=RECALL_LABELS.get(kind, kind))
+            suffix, line = PART_STYLES[part]
+            label = RECALL_LABELS.get(kind, kind) + suffix
+            ax.plot(ns, recall, marker="o", linestyle=line, color=f"C{kinds.index(kind)}", label=label)
     ax.set_xscale("log")
     ax.set_xticks(sorted({n for points in curves.values() for n, _ in points}))
     ax.xaxis.set_major_formatter("{x:g}")
@@ -77,7 +90,12 @@ def accuracy_vs_distance(report: dict, evaluation: Evaluation, place_map: PlaceM
     if not curve["queries"]:
         return False
     figure, ax = axes("Top-1 localization accuracy", "distance threshold t [m]", "share of queries within t")
-    ax.plot(curve["thresholds_m"], curve["accuracy"])
+    for part, section in _parts(report):
+        suffix, line = PART_STYLES[part]
+        accuracy = section["localization"]
+        ax.plot(
+            accuracy["thresholds_m"], accuracy["accuracy"], linestyle=line, color="C0", label=f"top-1{suffix}"
+        )
     distance = report["settings"]["distance_m"]
     ax.axvline(distance, color="grey", linestyle="--", linewidth=1, label=f"correct: within {distance:g} m")
     ax.set_xlim(0, curve["thresholds_m"][-1])
@@ -92,6 +110,13 @@ def pr_curve(report: dict, evaluation: Evaluation, place_map: PlaceMap, png: Pat
     if unknown is None or not unknown["curve"]["recall"] or not unknown["on_route_queries"]:
         return False  # with nothing on the route there is nothing to recall
     figure, ax = _precision_recall_axes(unknown, "Unknown place: precision vs recall")
+    filtered = (report.get("sequence") or {}).get("unknown_place")
+    if filtered is not None and filtered["curve"]["recall"]:
+        label = f"sequence filter (AP {filtered['average_precision']:.3f})"
+        curve = filtered["curve"]
+        ax.plot(
+            curve["recall"], curve["precision"], linestyle=PART_STYLES["sequence"][1], color="C0", label=label
+        )
     configured = unknown["configured"]
     if configured is not None and configured["precision"] is not None:
         label = f"configured {configured['threshold']:.3g} (F1 {configured['f1']:.2f})"

@@ -336,6 +336,20 @@ def _sequence(report: dict) -> list[str]:
     kind, label = recall_kind(report)
     single, filtered = report["recall"][kind]["at"], sequence["recall"][kind]["at"]
     rows = [[f"recall@{n} ({label})", number(single[n], ".3f"), number(filtered[n], ".3f")] for n in single]
+    for metres in LOCALIZATION_AT_M:
+        shares = [_accuracy_at(part["localization"], metres) for part in (report, sequence)]
+        if None not in shares:
+            rows.append([f"top-1 within {metres} m", *map(percent, shares)])
+    parts = (report, sequence)
+    rows.append(
+        [
+            "unknown place: average precision",
+            *(number((p["unknown_place"] or {}).get("average_precision"), ".3f") for p in parts),
+        ]
+    )
+    rows.append(
+        ["position error of the top-1, median [m]", *(_top1_median_error(p["pose_estimates"]) for p in parts)]
+    )
     refused = [
         percent(((part or {}).get("configured") or {}).get("off_route_refused"))
         for part in (report["unknown_place"], sequence["unknown_place"])
@@ -355,6 +369,11 @@ def _sequence(report: dict) -> list[str]:
         "Frames until the filter's top-1 was correct again after each return to the route: "
         f"{delays or 'no return'}.",
     ]
+
+
+def _top1_median_error(estimates: dict | None) -> str:
+    rows = [] if estimates is None else [r for r in estimates["rows"] if r["sigma_m"] is None]
+    return number(rows[0]["median_error_m"]) if rows else "–"
 
 
 def summary(report: dict, out: Path | None = None) -> str:
