@@ -402,8 +402,8 @@ def test_sequence_filter_is_reported_beside_single_frames(tmp_path, capsys, town
     assert refused >= plain["unknown_place"]["configured"]["off_route_refused"]  # measured 0.92 vs 0.77
     markdown = (filtered / "report.md").read_text()
     assert "## Sequence filter" in markdown
-    for row in ("| top-1 within 10 m |", "| unknown place: average precision |", "| position error of the top-1"):
-        assert row in markdown, row
+    rows = ("| top-1 within 10 m |", "| unknown place: average precision |", "| position error of the top-1")
+    assert all(row in markdown for row in rows), markdown
 
 
 def test_the_sequence_filter_relocalises_after_rejoining_the_route(

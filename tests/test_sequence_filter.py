@@ -198,6 +198,39 @@ def test_the_answer_ranks_candidates_and_reports_confidence_in_similarity_units(
     assert answer.margin > 0
 
 
+def test_the_answer_list_is_the_filters_place_and_the_pose_follows_it():
+    """Ten frames along the route, then a frame whose own top results are a look-alike cluster far
+    away: the filtered list keeps only the filter's place (the confidence first, scores falling,
+    -1 / -inf padding), so the kNN pose is there too, not at the cluster."""
+    from vpr_ros.place_map import PlaceMap
+    from vpr_ros.pose_estimate import estimate_pose
+
+    rng = np.random.default_rng(10)
+    n = 200
+    filt = chain_filter(n)
+    for t in range(40, 50):
+        feed(filt, place_similarity(n, t, rng), Motion.unknown())
+    sims = place_similarity(n, 50, rng)
+    sims[150:155] = 0.95  # a look-alike stretch the single frame prefers
+    top = np.argsort(-sims)[:TOP_K]
+    score = lambda ids: sims[ids]  # noqa: E731
+    answer = filt.update(top, sims[top], score, Motion.unknown())
+    assert 150 <= top[0] < 155 and abs(answer.keyframe_id - 50) <= 1
+    ids, scores = filt.ranked_answer(answer, top, score)
+    kept = ids >= 0
+    assert ids[0] == answer.keyframe_id and scores[0] == pytest.approx(answer.confidence)
+    assert np.all(np.abs(ids[kept] - answer.keyframe_id) <= 3) and np.all(np.isneginf(scores[~kept]))
+    assert np.all(np.diff(scores[kept]) <= 0)
+    positions = np.zeros((n, 3))
+    positions[:, 0] = np.arange(n)
+    place_map = PlaceMap(descriptor_dim=4, model_hash="sha256:test")
+    descriptors = rng.standard_normal((n, 4)).astype(np.float32)
+    descriptors /= np.linalg.norm(descriptors, axis=1, keepdims=True)
+    place_map.add(descriptors, np.arange(n), positions, np.tile([0, 0, 0, 1.0], (n, 1)))
+    estimate = estimate_pose(scores, ids, place_map, similarity_threshold=0.5, sigma_m=2.0)
+    assert estimate.accepted and abs(estimate.position[0] - 50) <= 2
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [

@@ -63,7 +63,6 @@ from vpr_ros.localization.sequence_filter import (
     SequenceFilter,
     SequenceSettings,
     cosine_scorer,
-    ranked_answer,
 )
 
 REPORT_SCHEMA = "vpr_ros.bench_report/1"
@@ -212,15 +211,15 @@ def sequence_ranking(
     settings: SequenceSettings,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The sequence filter run over the queries in their order against the references as one
-    ordered route: (ranked reference ids [Q, k], its confidence per query). The filter's own
-    candidates come first, then the single-frame results it did not rank (:func:`ranked_answer`)."""
+    ordered route: (ranked reference ids [Q, k], -1 where the list is shorter, and its confidence
+    per query), as :meth:`SequenceFilter.ranked_answer` lists the place the filter chose."""
     filt = SequenceFilter(KeyframeGraph.chain(len(refs)), settings)
     ranked = np.empty_like(ids)
     confidence = np.empty(len(queries))
     for t, query in enumerate(queries):
         score = cosine_scorer(refs, query) if method.score == "cosine" else raw_pixels.sad_scorer(refs, query)
         answer = filt.update(ids[t], scores[t], score, Motion.unknown())
-        ranked[t], answer_scores = ranked_answer(answer, ids[t], score)
+        ranked[t], answer_scores = filt.ranked_answer(answer, ids[t], score)
         confidence[t] = answer_scores[0]
     return ranked, confidence
 

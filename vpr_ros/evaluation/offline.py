@@ -38,7 +38,6 @@ from vpr_ros.localization.sequence_filter import (
     SequenceSettings,
     SequenceTracker,
     cosine_scorer,
-    ranked_answer,
 )
 from vpr_ros.pose_sync import DEFAULT_TOLERANCE_S
 from vpr_ros.rosbag_source import Frame, FrameStream, bag_info, iter_frames, parse_frame_source
@@ -196,7 +195,7 @@ def _evaluate(args: argparse.Namespace) -> str:
 
 class FilteredLog:
     """The sequence filter's answers beside the single-frame ones (nothing when ``tracker`` is
-    None), as :func:`ranked_answer` lists them."""
+    None), as :meth:`SequenceFilter.ranked_answer` lists them."""
 
     def __init__(self, tracker: SequenceTracker | None, motion: str, score: str) -> None:
         self.tracker = tracker
@@ -208,7 +207,7 @@ class FilteredLog:
             return
         odometry = (frame.position, frame.orientation) if self.motion == "pose" else None
         answer = self.tracker.step(frame.stamp_ns, ids, sims, score, odometry)
-        self.log.add(frame.stamp_ns, *ranked_answer(answer, ids, score))
+        self.log.add(frame.stamp_ns, *self.tracker.filter.ranked_answer(answer, ids, score))
 
 
 def _progress(stream: FrameStream, total: int, what: str, quiet: bool) -> Iterator[Frame]:

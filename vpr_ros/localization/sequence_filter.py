@@ -336,6 +336,31 @@ class SequenceFilter:
             filtered=True,
         )
 
+    def ranked_answer(
+        self, answer: FilterAnswer, top_ids: np.ndarray, score: Scorer
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The answer as a ranked result list of the single-frame list's length (ids, scores; -1 and
+        -inf pad it, as in a search of a small map). A single-frame answer is the frame's own list.
+        A filtered one lists the place the filter chose: its ranking (then the single-frame results
+        it did not rank) within ``exclusion_radius_m`` of the answer. The first score is the
+        filter's confidence (what the unknown-place threshold is applied to), each later one the
+        keyframe's similarity capped by the score above it; so whatever reads the list (the top-1 or
+        kNN pose, the match table) reads the filter's place, not a look-alike the frame preferred."""
+        top_ids = np.asarray(top_ids, dtype=np.int64)
+        if not answer.filtered:
+            scores = np.asarray(score(np.clip(top_ids, 0, None)), dtype=np.float64)
+            return top_ids, np.where(top_ids >= 0, scores, -np.inf)
+        listed = np.concatenate([answer.ranking, top_ids[~np.isin(top_ids, answer.ranking) & (top_ids >= 0)]])
+        positions = self.graph.positions
+        near = np.linalg.norm(positions[listed] - positions[answer.keyframe_id], axis=1)
+        listed = listed[near <= self.settings.exclusion_radius_m][: len(top_ids)]
+        scores = np.asarray(score(listed), dtype=np.float64)
+        scores[0] = answer.confidence
+        ids = np.full(len(top_ids), -1, dtype=np.int64)
+        padded = np.full(len(top_ids), -np.inf)
+        ids[: len(listed)], padded[: len(listed)] = listed, np.minimum.accumulate(scores)
+        return ids, padded
+
     def _place(self, candidates: np.ndarray, per_end: np.ndarray, used: int) -> int:
         """The candidate to answer with: where the best trajectory ends, unless the best one ending
         around the previous answer moved on by the motion (within ``exclusion_radius_m``) trails
@@ -487,17 +512,6 @@ def cosine_scorer(descriptors: np.ndarray, query: np.ndarray) -> Scorer:
 
 def _cosine(descriptors: np.ndarray, query: np.ndarray, keyframes: np.ndarray) -> np.ndarray:
     return descriptors[keyframes] @ query
-
-
-def ranked_answer(answer: FilterAnswer, top_ids: np.ndarray, score: Scorer) -> tuple[np.ndarray, np.ndarray]:
-    """The filter's answer as a ranked result list of the single-frame list's length: its ranking,
-    then the single-frame results it did not rank; scored by each keyframe's similarity, except the
-    first, which is the filter's confidence (what the unknown-place threshold is applied to)."""
-    top_ids = np.asarray(top_ids, dtype=np.int64)
-    ranked = np.concatenate([answer.ranking, top_ids[~np.isin(top_ids, answer.ranking)]])[: len(top_ids)]
-    scores = np.asarray(score(ranked), dtype=np.float64)
-    scores[0] = answer.confidence
-    return ranked, scores
 
 
 class SequenceTracker:

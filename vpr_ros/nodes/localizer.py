@@ -45,7 +45,6 @@ from vpr_ros.localization.sequence_filter import (
     SequenceSettings,
     SequenceTracker,
     cosine_scorer,
-    ranked_answer,
 )
 from vpr_ros.nodes import messages
 from vpr_ros.nodes import params as P
@@ -300,7 +299,7 @@ class Localizer(VprNode):
                 f"{'odometry' if odometry is not None else 'speed range'}"
             )
             if answer.filtered:
-                ranked, scores = ranked_answer(answer, ids[0], score)
+                ranked, scores = tracker.filter.ranked_answer(answer, ids[0], score)
                 filtered = (ranked, scores)
         estimate = estimate_pose(
             scores,
