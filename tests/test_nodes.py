@@ -9,6 +9,7 @@ carry the input stamps, and bad input never stops the node.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -473,3 +474,107 @@ def test_sequence_filter_in_the_localizer_beats_single_frames_at_night(
     assert reset.success and "cleared" in reset.message
     states = [kv.value for _, m in diagnostics for kv in m.status[0].values if kv.key == "sequence filter"]
     assert any(state.startswith("filtering") and "odometry" in state for state in states), states
+
+
+def test_diagnostics_tell_the_states_apart_and_refused_frames_delete_their_markers(
+    ros_process, town, bundle, day_map
+) -> None:
+    """/diagnostics, namespaced: "waiting for images" before any frame, "input invalid" (ERROR)
+    while only undecodable frames come, "localized" after an accepted frame, "unknown place" after
+    a refused one; the markers of a refused frame delete the match instead of drawing it at NaN."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+    from sensor_msgs.msg import Image, PointCloud2
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    proc = ros_process(
+        node_args("vpr_ros.nodes.localizer", f"model.bundle_dir:={bundle}", f"map.dir:={day_map}")
+    )
+    good = frames(town / "t01_dusk")[3]
+    with RosHarness() as ros:
+        diagnostics = ros.record(DiagnosticArray, "/diagnostics")
+        matches = ros.record(PointCloud2, "/vpr/vpr_localizer/matches")
+        markers = ros.record(MarkerArray, "/vpr/vpr_localizer/markers")
+        pub = ros.publisher(Image, "/cam/image")
+        assert ros.wait_for_subscribers("/cam/image"), output_of(proc)
+
+        def state_after(send) -> DiagnosticStatus:
+            send()
+            seen = len(diagnostics)
+            assert ros.spin_until(lambda: len(diagnostics) >= seen + 2, 10.0, proc)  # one full period
+            return diagnostics[-1][1].status[0]
+
+        waiting = state_after(lambda: None)
+        assert waiting.name == "/vpr/vpr_localizer: localization"
+        assert (waiting.level, waiting.message) == (DiagnosticStatus.WARN, "waiting for images")
+
+        def send_bad() -> None:
+            bad = image_msg(good.rgb(), 1, "rgb8")
+            bad.encoding = "yuv9000"
+            for _ in range(3):
+                pub.publish(bad)
+                ros.spin_until(lambda: False, 0.2)
+
+        invalid = state_after(send_bad)
+        assert invalid.level == DiagnosticStatus.ERROR and invalid.message.startswith("input invalid"), (
+            invalid
+        )
+
+        def send_good(stamp: int):
+            return lambda: send_until_answered(ros, pub, image_msg(good.rgb(), stamp), matches, proc)
+
+        localized = state_after(send_good(good.stamp_ns))
+        assert (localized.level, localized.message) == (DiagnosticStatus.OK, "localized")
+        accepted = markers[-1][1].markers
+        assert [m.action for m in accepted] == [Marker.ADD, Marker.ADD]
+
+        request = SetParameters.Request(
+            parameters=[
+                Parameter(
+                    name="search.similarity_threshold",
+                    value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=0.999),
+                )
+            ]
+        )
+        assert ros.call(SetParameters, "/vpr/vpr_localizer/set_parameters", request).results[0].successful
+        unknown = state_after(send_good(good.stamp_ns + 1))
+        assert unknown.level == DiagnosticStatus.WARN and unknown.message.startswith("unknown place"), unknown
+        refused = markers[-1][1].markers
+        assert [(m.ns, m.id, m.action) for m in refused] == [
+            ("match", 0, Marker.DELETE),
+            ("match", 1, Marker.DELETE),
+        ]
+        pose = refused[0].pose
+        numbers = [pose.position.x, pose.position.y, pose.position.z, pose.orientation.w]
+        assert all(math.isfinite(v) for v in numbers) and not refused[1].points
+
+
+def test_a_pause_does_not_survive_a_lifecycle_transition(ros_process, town, bundle, day_map) -> None:
+    """~/set_enabled false while unconfigured, then configure + activate (a lifecycle manager's
+    start): the node answers frames; a pause is for the running session, not a hidden state."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+    from sensor_msgs.msg import Image, PointCloud2
+    from std_srvs.srv import SetBool
+
+    proc = ros_process(
+        node_args(
+            "vpr_ros.nodes.localizer",
+            f"model.bundle_dir:={bundle}",
+            f"map.dir:={day_map}",
+            "autostart:=false",
+        )
+    )
+    good = frames(town / "t01_dusk")[3]
+    with RosHarness() as ros:
+        paused = ros.call(SetBool, "/vpr/vpr_localizer/set_enabled", SetBool.Request(data=False))
+        assert paused.success and paused.message == "paused"
+        for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+            request = ChangeState.Request(transition=Transition(id=transition))
+            assert ros.call(ChangeState, "/vpr/vpr_localizer/change_state", request, timeout_s=60.0).success
+        matches = ros.record(PointCloud2, "/vpr/vpr_localizer/matches")
+        pub = ros.publisher(Image, "/cam/image")
+        assert ros.wait_for_subscribers("/cam/image"), output_of(proc)
+        send_until_answered(ros, pub, image_msg(good.rgb(), good.stamp_ns), matches, proc)
+    assert stamp_of(matches[-1][1]) == good.stamp_ns

@@ -151,12 +151,12 @@ class Motion:
 @dataclass(frozen=True)
 class FilterAnswer:
     """The filter's answer for the newest frame: the keyframe its best trajectory ends at, that
-    frame's raw similarity to it, ``confidence`` (mean raw similarity along the trajectory),
-    ``margin`` (normalised score over the best trajectory ending elsewhere; inf when there is none,
-negative when the switching cost kept a place that a rival now beats),
-    ``ranking`` (candidates, best trajectory first), ``frames`` of history used (this one
-    included), ``filtered`` False while fewer than ``min_frames`` frames gave the single-frame
-    answer."""
+        frame's raw similarity to it, ``confidence`` (mean raw similarity along the trajectory),
+        ``margin`` (normalised score over the best trajectory ending elsewhere; inf when there is none,
+    negative when the switching cost kept a place that a rival now beats),
+        ``ranking`` (candidates, best trajectory first), ``frames`` of history used (this one
+        included), ``filtered`` False while fewer than ``min_frames`` frames gave the single-frame
+        answer."""
 
     keyframe_id: int
     similarity: float

@@ -189,7 +189,7 @@ class VprNode(LifecycleNode):
         level, message, values = self.status()
         status = DiagnosticStatus(
             level=level,
-            name=f"{self.get_name()}: {self.DIAGNOSTIC_TASK}",
+            name=f"{self.get_fully_qualified_name()}: {self.DIAGNOSTIC_TASK}",  # two nodes never collide
             message=message,
             hardware_id=values.pop("backend", ""),
             values=[KeyValue(key=k, value=_fmt(v)) for k, v in values.items()],

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections import deque
 from typing import Any
 
@@ -119,11 +120,13 @@ class Localizer(VprNode):
         self.enabled = True
         self.mailbox = Mailbox()
         self.worker: threading.Thread | None = None
-        self.counts = {"processed": 0, "accepted": 0, "invalid": 0, "throttled": 0, "paused": 0}
+        self.counts = {"processed": 0, "accepted": 0, "invalid": 0, "failed": 0, "throttled": 0, "paused": 0}
         self.latency = LatencyWindow()
         self.backend_latency = LatencyWindow()
         self.last_similarity = float("nan")
-        self.last_accept = time.monotonic()
+        self.last_accept: float | None = None  # monotonic time of the last accepted frame
+        self._outcome = ("none", "")  # the last frame's: accepted | refused | invalid | failed, and why
+        self._first_answer: float | None = None
         self._last_processed = 0.0
         self._map_lock = threading.Lock()
         self.tracker: SequenceTracker | None = None
@@ -190,6 +193,7 @@ class Localizer(VprNode):
         return place_map
 
     def on_activate(self, state):
+        self.enabled = True  # a pause (even one asked for while unconfigured) ends with the transition
         self.mailbox = Mailbox()
         self.worker = threading.Thread(target=self._work, name="vpr_localizer_worker", daemon=True)
         self.worker.start()
@@ -245,14 +249,19 @@ class Localizer(VprNode):
             self._last_processed = received
             try:
                 self._process(msg, received)
-            except ImageConversionError as exc:
+            except ImageConversionError as exc:  # the input's fault: counted, logged, no answer
                 self.counts["invalid"] += 1
+                self._outcome = ("invalid", str(exc))
                 self.get_logger().warning(f"frame dropped: {exc}", throttle_duration_sec=5.0)
-            except Exception as exc:  # the node must keep serving; say what happened
-                self.counts["invalid"] += 1
-                self.get_logger().error(
-                    f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0
-                )
+            except Exception as exc:  # a fault of this node: the traceback once, then a count
+                self.counts["failed"] += 1
+                self._outcome = ("failed", f"{type(exc).__name__}: {exc}")
+                if self.counts["failed"] == 1:
+                    self.get_logger().error(f"frame failed:\n{traceback.format_exc()}")
+                else:
+                    self.get_logger().error(
+                        f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0
+                    )
 
     def _tracker(self, place_map: PlaceMap) -> SequenceTracker | None:
         """The sequence filter for this frame: rebuilt after a change of its parameters or a map
@@ -322,9 +331,12 @@ class Localizer(VprNode):
         self.latency.add(time.monotonic() - received)
         self.counts["processed"] += 1
         self.last_similarity = float(estimate.similarity)
+        now = time.monotonic()
+        self._first_answer = self._first_answer or now
+        self._outcome = ("accepted" if estimate.accepted else "refused", "")
         if estimate.accepted:
             self.counts["accepted"] += 1
-            self.last_accept = time.monotonic()
+            self.last_accept = now
         self.get_logger().debug(
             f"frame {stamp_ns(msg.header)}: keyframe {estimate.keyframe_id} sim {estimate.similarity:.3f} "
             f"{'accepted' if estimate.accepted else 'unknown place'}"
@@ -373,13 +385,21 @@ class Localizer(VprNode):
     def status(self) -> tuple[bytes, str, dict[str, Any]]:
         if self.map is None:
             return DiagnosticStatus.ERROR, "not configured", {}
-        unknown_for = time.monotonic() - self.last_accept
+        now = time.monotonic()
+        outcome, reason = self._outcome
         if not self.enabled:
             level, message = DiagnosticStatus.OK, "paused"
-        elif time.monotonic() - self._last_image >= float(self.config["input.stale_warn_s"]):
+        elif self.received == 0 or outcome == "none":
+            level, message = DiagnosticStatus.WARN, "waiting for images"
+        elif now - self._last_image >= float(self.config["input.stale_warn_s"]):
             level, message = DiagnosticStatus.WARN, "input stale"
-        elif unknown_for > 5.0:
-            level, message = DiagnosticStatus.WARN, f"unknown place for {unknown_for:.0f} s"
+        elif outcome == "invalid":
+            level, message = DiagnosticStatus.ERROR, f"input invalid: {reason}"
+        elif outcome == "failed":
+            level, message = DiagnosticStatus.ERROR, f"processing failed: {reason}"
+        elif outcome == "refused":
+            since = self.last_accept or self._first_answer or now
+            level, message = DiagnosticStatus.WARN, f"unknown place for {now - since:.0f} s"
         else:
             level, message = DiagnosticStatus.OK, "localized"
         processed = max(self.counts["processed"], 1)
@@ -394,6 +414,7 @@ class Localizer(VprNode):
                 "frames throttled": self.counts["throttled"],
                 "frames ignored while paused": self.counts["paused"],
                 "frames invalid": self.counts["invalid"],
+                "frames failed (node errors)": self.counts["failed"],
                 "latency p50 ms": self.latency.percentile_ms(50),
                 "latency p99 ms": self.latency.percentile_ms(99),
                 "backend latency p50 ms": self.backend_latency.percentile_ms(50),

@@ -59,12 +59,17 @@ def map_markers(header: Header, positions: np.ndarray, namespace: str = "map") -
 
 
 def match_markers(header: Header, estimate: Any, candidates: np.ndarray) -> MarkerArray:
-    """The current estimate (arrow, green when accepted, red when refused) and lines to the
-    candidate keyframes, brighter for higher similarity."""
+    """The accepted estimate (a green arrow) and lines to the candidate keyframes, brighter for
+    higher similarity. A refused frame has no pose: both markers are deleted, so RViz does not keep
+    showing the last accepted match as if it were current."""
+    if not estimate.accepted:
+        return MarkerArray(
+            markers=[Marker(header=header, ns="match", id=i, action=Marker.DELETE) for i in (0, 1)]
+        )
     arrow = Marker(header=header, ns="match", id=0, type=Marker.ARROW, action=Marker.ADD)
     arrow.pose = pose_msg(estimate.position, estimate.orientation)
     arrow.scale.x, arrow.scale.y, arrow.scale.z = 3.0, 0.6, 0.6
-    arrow.color = _colour(0.1, 0.8, 0.2) if estimate.accepted else _colour(0.9, 0.1, 0.1)
+    arrow.color = _colour(0.1, 0.8, 0.2)
     lines = Marker(header=header, ns="match", id=1, type=Marker.LINE_LIST, action=Marker.ADD)
     lines.pose.orientation.w = 1.0
     lines.scale.x = 0.15
