@@ -404,3 +404,33 @@ def test_no_pose_in_tolerance_writes_nothing(tmp_path, capsys, tiny_bundle):
     )
     line = assert_refused(capsys, tmp_path / "map", "--bag", bag, "--model", tiny_bundle)
     assert "no keyframes: none of the 1 images on /img had a pose on /odom within 0.05 s" in line
+
+
+def _nan_poses(messages: list, frames: int | None = None) -> list:
+    """``messages`` with the position of the first ``frames`` odometry messages (all: None) NaN,
+    as a localization filter publishes before it initialises."""
+    broken = 0
+    for topic, _, _, msg in messages:
+        if topic == "/odom" and (frames is None or broken < frames):
+            msg.pose.pose.position.x = float("nan")
+            broken += 1
+    return messages
+
+
+def test_bad_poses_are_counted_and_said_once(tmp_path, capsys, caplog, tiny_bundle) -> None:
+    bag = write_bag(tmp_path / "bag", _nan_poses(route_messages(), frames=3))
+    with caplog.at_level("WARNING"):
+        rc, out, err = run_cli(capsys, "--bag", bag, "--model", tiny_bundle, "--out", tmp_path / "map")
+    assert rc == 0, err
+    assert "3 bad poses" in out
+    assert sum("skipped" in r.getMessage() for r in caplog.records) == 1, [
+        r.getMessage() for r in caplog.records
+    ]
+
+
+def test_a_bag_whose_every_pose_is_invalid_is_not_blamed_on_the_sync_tolerance(tmp_path, capsys, tiny_bundle):
+    bag = write_bag(tmp_path / "bag", _nan_poses(route_messages()))
+    rc, _, err = run_cli(capsys, "--bag", bag, "--model", tiny_bundle, "--out", tmp_path / "map")
+    assert rc == 2
+    assert f"every one of the {len(ROUTE)} poses on /odom is invalid" in err and "within" not in err, err
+    assert not (tmp_path / "map").exists()

@@ -122,6 +122,12 @@ def _build(args: argparse.Namespace) -> str:
     builder = MapBuilder(backend, place_map, selector, batch_size=EMBED_BATCH)
     _run(builder, stream, info, args.quiet)
     if len(place_map) == 0:
+        if stream.poses_read and stream.bad_poses == stream.poses_read:
+            raise InputError(
+                f"bag {args.bag}: no keyframes: every one of the {stream.poses_read} poses on "
+                f"{info.pose_topic} is invalid (non-finite or a zero quaternion); record poses from a "
+                "running localization or odometry source"
+            )
         raise InputError(
             f"bag {args.bag}: no keyframes: none of the {stream.images_read} images on {info.image_topic} "
             f"had a pose on {info.pose_topic} within {args.sync_tolerance} s (or none could be decoded)"

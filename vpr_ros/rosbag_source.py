@@ -238,8 +238,9 @@ def check_increasing(path: Path, topic: str, index: int, previous_stamp: int | N
 
 class FrameStream(Iterator[Frame]):
     """Frames of a bag in bag order (see :func:`iter_frames`), with counters for the summary:
-    ``images_read`` (messages on the image topic so far), ``bad_poses`` (pose messages skipped as
-    non-finite or with a zero quaternion) and the pairer's ``paired`` / ``dropped_*`` counts."""
+    ``images_read`` / ``poses_read`` (messages on each topic so far), ``bad_poses`` (pose messages
+    skipped as non-finite or with a zero quaternion) and the pairer's ``paired`` / ``dropped_*``
+    counts."""
 
     def __init__(
         self,
@@ -255,6 +256,7 @@ class FrameStream(Iterator[Frame]):
         self.extrinsic = None if extrinsic is None else parse_extrinsic(extrinsic)
         self.pairer = ImagePosePairer(tolerance_s)
         self.images_read = 0
+        self.poses_read = 0
         self.bad_poses = 0
         self._frames = self._read()
 
@@ -269,13 +271,12 @@ class FrameStream(Iterator[Frame]):
             except InputError as exc:
                 raise InputError(f"bag {self.path}: {exc}") from None
             wanted = [c for c in reader.connections if c.topic in (self.image_topic, self.pose_topic)]
-            previous_stamp, pose_index = None, 0
+            previous_stamp = None
             for connection, _, raw in reader.messages(connections=wanted):
                 msg = reader.deserialize(raw, connection.msgtype)
                 stamp = stamp_ns(msg.header)
                 if connection.topic == self.pose_topic:
-                    pairs = self._add_pose(pose_index, stamp, msg, connection.msgtype)
-                    pose_index += 1
+                    pairs = self._add_pose(stamp, msg, connection.msgtype)
                 else:
                     check_increasing(self.path, self.image_topic, self.images_read, previous_stamp, stamp)
                     previous_stamp = stamp
@@ -284,13 +285,19 @@ class FrameStream(Iterator[Frame]):
                 yield from map(self._frame, pairs)
             yield from map(self._frame, self.pairer.flush())
 
-    def _add_pose(self, index: int, stamp_ns: int, msg: Any, msgtype: str) -> list[Pair]:
-        """Pairs the pose settles; a broken pose (NaN before a filter initialises) is skipped."""
+    def _add_pose(self, stamp_ns: int, msg: Any, msgtype: str) -> list[Pair]:
+        """Pairs the pose settles; a broken pose (NaN before a filter initialises) is skipped, the
+        first one said in a warning, the others only counted (``bad_poses``, in the summaries)."""
+        self.poses_read += 1
         try:
             return self.pairer.add_pose(stamp_ns, *_pose_of(msg, msgtype))
         except InputError as exc:
             self.bad_poses += 1
-            log.warning("bag %s: %s message %d skipped: %s", self.path, self.pose_topic, index, exc)
+            if self.bad_poses == 1:
+                log.warning(
+                    "bag %s: %s message %d skipped: %s (further bad poses are only counted)",
+                    self.path, self.pose_topic, self.poses_read - 1, exc,
+                )  # fmt: skip
             return []
 
     def _frame(self, pair: Pair) -> Frame:

@@ -95,7 +95,7 @@ def create_backend(
             chosen = make(bundle, precision, device_id, max_batch, engine_cache_dir, build_engine_if_missing)
         except (BackendError, ImportError) as exc:
             reasons.append(f"{label}: {exc}")
-            log.info("backend %s: %s not used: %s", backend, label, exc)
+            log.debug("backend %s: %s not used: %s", backend, label, exc)  # said once, below
             continue
         passed = f" (passed over: {'; '.join(reasons)})" if reasons else ""
         log.info("backend %s -> %s%s", backend, chosen.describe(), passed)
