@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -112,7 +113,11 @@ def localizer_session(bundle: Path, place_map: Path, name: str) -> Iterator[tupl
             yield proc, ros, matches, diagnostics, pub
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def latency_run(bundle: Path, place_map: Path, images: list[np.ndarray], frames: int) -> dict:
@@ -243,15 +248,25 @@ def main() -> None:
                     "--image-size",
                     f"{size[0]}x{size[1]}",
                 ]
-                try:
-                    result = subprocess.run(
-                        [sys.executable, __file__, *argv, "--child", str(tmp)],
-                        env=env, capture_output=True, text=True, check=False, timeout=args.child_timeout,
-                    )  # fmt: skip
-                    row = result.stdout.strip() or f"failed: {result.stderr.strip()[-200:]}"
-                except subprocess.TimeoutExpired:
-                    row = f"no result within {args.child_timeout:.0f} s (frames kept getting lost)"
+                command = [sys.executable, __file__, *argv, "--child", str(tmp)]
+                row = run_child(command, env, args.child_timeout)
                 print(f"| {size[1]}x{size[0]} | {transport} | {bare:.1f} | {row} |", flush=True)
+
+
+def run_child(command: list[str], env: dict, timeout_s: float) -> str:
+    """One latency run's table row. The child runs in a session of its own, so that a run past
+    ``timeout_s`` is stopped with everything it started (its localizer process too), not only the
+    child itself."""
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return f"no result within {timeout_s:.0f} s (frames kept getting lost)"
+    return out.strip() or f"failed: {err.strip()[-200:]}"
 
 
 def child(argv: list[str]) -> None:
