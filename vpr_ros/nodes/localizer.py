@@ -215,17 +215,19 @@ class Localizer(VprNode):
             self.destroy_subscription(self._odom_sub)
             self._odom_sub = None
 
-    def threshold(self) -> float:
-        return resolve_threshold(
-            float(self.config["search.similarity_threshold"]), self.bundle.similarity_threshold
-        )
+    def threshold(self, cfg: dict[str, P.Value] | None = None) -> float:
+        cfg = self.config if cfg is None else cfg
+        return resolve_threshold(float(cfg["search.similarity_threshold"]), self.bundle.similarity_threshold)
 
     def _apply_parameters(self, changes) -> None:
-        for change in changes:
-            if change.name in self.config:
-                self.config[change.name] = change.value
-                if change.name.startswith("sequence."):
-                    self._sequence_stale = True
+        """Changes (validated before they were accepted) go in as a new dict swapped in whole: the
+        worker reads ``self.config`` once per frame, so it never sees half of one set_parameters
+        call, and needs no lock."""
+        updated = dict(self.config)
+        updated.update({change.name: change.value for change in changes if change.name in updated})
+        self.config = updated
+        if any(change.name.startswith("sequence.") for change in changes):
+            self._sequence_stale = True
 
     # ---------------------------------------------------------------- frames
 
@@ -287,20 +289,21 @@ class Localizer(VprNode):
         return self.tracker
 
     def _process(self, msg, received: float) -> None:
+        cfg = self.config  # one snapshot per frame (see _apply_parameters)
         rgb = message_to_rgb(msg)
         t0 = time.monotonic()
         descriptor = self.backend.embed([rgb])
         self.backend_latency.add(time.monotonic() - t0)
         with self._map_lock:
             place_map = self.map
-        k = int(self.config["search.top_k"])
+        k = int(cfg["search.top_k"])
         sims, ids = place_map.search(descriptor, k)
         ranked, scores = ids[0], sims[0]
         tracker = self._tracker(place_map)
         filtered = None
         if tracker is not None:
             stamp = stamp_ns(msg.header)
-            odometry = self.odometry.nearest(stamp) if self.config["sequence.odom_topic"] else None
+            odometry = self.odometry.nearest(stamp) if cfg["sequence.odom_topic"] else None
             score = cosine_scorer(place_map.descriptors, descriptor[0])
             answer = tracker.step(stamp, ids[0], sims[0], score, odometry)
             self.sequence_state = (
@@ -314,10 +317,10 @@ class Localizer(VprNode):
             scores,
             ranked,
             place_map,
-            method=str(self.config["estimate.method"]),
-            sigma_m=float(self.config["estimate.sigma_m"]),
-            similarity_threshold=self.threshold(),
-            min_position_std_m=float(self.config["estimate.min_position_std_m"]),
+            method=str(cfg["estimate.method"]),
+            sigma_m=float(cfg["estimate.sigma_m"]),
+            similarity_threshold=self.threshold(cfg),
+            min_position_std_m=float(cfg["estimate.min_position_std_m"]),
         )
         rows = self._table(place_map, ids[0], sims[0], estimate.accepted, filtered=False)
         if filtered is not None:
@@ -326,7 +329,7 @@ class Localizer(VprNode):
         if estimate.accepted:
             self.pose_pub.publish(messages.pose_with_covariance(header, estimate))
         self.match_pub.publish(messages.match_cloud(header, rows))
-        if self.config["output.publish_markers"]:
+        if cfg["output.publish_markers"]:
             self.marker_pub.publish(messages.match_markers(header, estimate, rows))
         self.latency.add(time.monotonic() - received)
         self.counts["processed"] += 1
