@@ -53,6 +53,25 @@ def output_of(process) -> str:
         return process.communicate()[0]
 
 
+def localizer_args(bundle: Path, day_map: Path, *params: str) -> list[str]:
+    """The localizer on the test town's day map, images on /cam/image."""
+    return node_args("vpr_ros.nodes.localizer", f"model.bundle_dir:={bundle}", f"map.dir:={day_map}", *params)
+
+
+def set_localizer_parameter(ros: RosHarness, name: str, value: int | float):
+    """``ros2 param set /vpr/vpr_localizer NAME VALUE`` over the node's set_parameters service:
+    the result (``successful``, ``reason``)."""
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    if isinstance(value, int):
+        typed = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
+    else:
+        typed = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=float(value))
+    request = SetParameters.Request(parameters=[Parameter(name=name, value=typed)])
+    return ros.call(SetParameters, "/vpr/vpr_localizer/set_parameters", request).results[0]
+
+
 def send_until_answered(ros: RosHarness, pub, msg, matches: list, proc, timeout_s: float = 20.0) -> None:
     """Publish ``msg`` and again every second until a new match table arrives: best effort may lose
     it, and the first frames can go out before the node's side of discovery is done."""
@@ -207,13 +226,9 @@ def _latched():
 
 def test_bad_frames_are_logged_and_the_node_keeps_serving(ros_process, town, bundle, day_map) -> None:
     from diagnostic_msgs.msg import DiagnosticArray
-    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-    from rcl_interfaces.srv import SetParameters
     from sensor_msgs.msg import Image, PointCloud2
 
-    proc = ros_process(
-        node_args("vpr_ros.nodes.localizer", f"model.bundle_dir:={bundle}", f"map.dir:={day_map}")
-    )
+    proc = ros_process(localizer_args(bundle, day_map))
     good = frames(town / "t01_dusk")[3]
     with RosHarness() as ros:
         matches = ros.record(PointCloud2, "/vpr/vpr_localizer/matches")
@@ -229,20 +244,9 @@ def test_bad_frames_are_logged_and_the_node_keeps_serving(ros_process, town, bun
         send_until_answered(ros, pub, image_msg(good.rgb(), good.stamp_ns), matches, proc)
         assert all(stamp_of(m) == good.stamp_ns for _, m in matches), "bad frames produce no answer"
 
-        def set_param(name: str, value: int):
-            request = SetParameters.Request(
-                parameters=[
-                    Parameter(
-                        name=name,
-                        value=ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value),
-                    )
-                ]
-            )
-            return ros.call(SetParameters, "/vpr/vpr_localizer/set_parameters", request).results[0]
-
-        refused = set_param("search.top_k", 500)
+        refused = set_localizer_parameter(ros, "search.top_k", 500)
         assert not refused.successful and "top_k" in refused.reason
-        assert set_param("search.top_k", 3).successful
+        assert set_localizer_parameter(ros, "search.top_k", 3).successful
         send_until_answered(ros, pub, image_msg(good.rgb(), good.stamp_ns + 1), matches, proc)
         assert matches[-1][1].width == 3, "top_k changed at run time"
         diagnostics = ros.record(DiagnosticArray, "/diagnostics")
@@ -483,14 +487,10 @@ def test_diagnostics_tell_the_states_apart_and_refused_frames_delete_their_marke
     while only undecodable frames come, "localized" after an accepted frame, "unknown place" after
     a refused one; the markers of a refused frame delete the match instead of drawing it at NaN."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-    from rcl_interfaces.srv import SetParameters
     from sensor_msgs.msg import Image, PointCloud2
     from visualization_msgs.msg import Marker, MarkerArray
 
-    proc = ros_process(
-        node_args("vpr_ros.nodes.localizer", f"model.bundle_dir:={bundle}", f"map.dir:={day_map}")
-    )
+    proc = ros_process(localizer_args(bundle, day_map))
     good = frames(town / "t01_dusk")[3]
     with RosHarness() as ros:
         diagnostics = ros.record(DiagnosticArray, "/diagnostics")
@@ -529,15 +529,7 @@ def test_diagnostics_tell_the_states_apart_and_refused_frames_delete_their_marke
         accepted = markers[-1][1].markers
         assert [m.action for m in accepted] == [Marker.ADD, Marker.ADD]
 
-        request = SetParameters.Request(
-            parameters=[
-                Parameter(
-                    name="search.similarity_threshold",
-                    value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=0.999),
-                )
-            ]
-        )
-        assert ros.call(SetParameters, "/vpr/vpr_localizer/set_parameters", request).results[0].successful
+        assert set_localizer_parameter(ros, "search.similarity_threshold", 0.999).successful
         unknown = state_after(send_good(good.stamp_ns + 1))
         assert unknown.level == DiagnosticStatus.WARN and unknown.message.startswith("unknown place"), unknown
         refused = markers[-1][1].markers
@@ -558,14 +550,7 @@ def test_a_pause_does_not_survive_a_lifecycle_transition(ros_process, town, bund
     from sensor_msgs.msg import Image, PointCloud2
     from std_srvs.srv import SetBool
 
-    proc = ros_process(
-        node_args(
-            "vpr_ros.nodes.localizer",
-            f"model.bundle_dir:={bundle}",
-            f"map.dir:={day_map}",
-            "autostart:=false",
-        )
-    )
+    proc = ros_process(localizer_args(bundle, day_map, "autostart:=false"))
     good = frames(town / "t01_dusk")[3]
     with RosHarness() as ros:
         paused = ros.call(SetBool, "/vpr/vpr_localizer/set_enabled", SetBool.Request(data=False))
