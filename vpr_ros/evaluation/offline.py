@@ -114,10 +114,9 @@ def sequence_settings(args: argparse.Namespace) -> SequenceSettings | None:
     if args.sequence_length is None:
         return None
     low, high = args.sequence_speeds
-    settings = SequenceSettings(length=args.sequence_length, min_speed=low, max_speed=high)
     if low > high:
         raise InputError(f"--sequence-speeds: MIN must not exceed MAX, got {low} {high}")
-    return settings
+    return SequenceSettings(length=args.sequence_length, min_speed=low, max_speed=high)
 
 
 def sequence_report_settings(args: argparse.Namespace) -> dict:

@@ -310,14 +310,15 @@ class SequenceFilter:
         elif self._history:
             self._history[-1].motion = motion
         frame = _Frame(score, np.asarray(score(self._background), dtype=np.float64))
-        candidates = self._candidates(ids)
+        moved = self._moved_best()
+        candidates = self._candidates(ids, moved)
         ends, steps = self._trajectories(candidates)
         normalised, raw, weight_sum = self._score(frame, candidates, ends, steps)
         used = len(self._history) + 1  # the history and this frame
         value = normalised / (self.settings.decay ** np.arange(used)).sum()
         per_end = np.full(len(candidates), -np.inf)
         np.maximum.at(per_end, ends, value)
-        chosen = self._place(candidates, per_end, used)
+        chosen = self._place(candidates, per_end, used, int(moved[0]) if len(moved) else -1)
         best = int(np.flatnonzero(ends == chosen)[np.argmax(value[ends == chosen])])
         order = np.argsort(-per_end, kind="stable")
         ranking = candidates[np.concatenate([[chosen], order[order != chosen]])]
@@ -363,20 +364,17 @@ class SequenceFilter:
         ids[: len(listed)], padded[: len(listed)] = listed, np.minimum.accumulate(scores)
         return ids, padded
 
-    def _place(self, candidates: np.ndarray, per_end: np.ndarray, used: int) -> int:
+    def _place(self, candidates: np.ndarray, per_end: np.ndarray, used: int, moved: int) -> int:
         """The candidate to answer with: where the best trajectory ends, unless the best one ending
-        around the previous answer moved on by the motion (within ``exclusion_radius_m``) trails
+        around the previous answer moved on by the motion (keyframe ``moved``, -1 when there is
+        none; within ``exclusion_radius_m``) trails
         it by less than the switching cost: ``switch_cost`` normalised units per frame of history
         (at most ``SWITCH_HORIZON`` frames), growing as ``(used / length)**2`` so that a fresh
         filter, whose first choice rests on little evidence, switches freely. Without it
         a window forgets why it chose a place, and where nothing stands out (a station stop, a
         featureless night street) the answer wanders to whatever wins by noise."""
         best = int(np.argmax(per_end))
-        if self.settings.switch_cost <= 0 or not self._history or not len(self._history[-1].best):
-            return best
-        previous = self._history[-1]
-        moved = int(self._step(previous.best[:1], previous.motion)[0])
-        if moved < 0:  # the previous answer has moved off the map: nothing to keep
+        if self.settings.switch_cost <= 0 or moved < 0:  # no history, or it moved off the map
             return best
         gap = np.linalg.norm(self.graph.positions[candidates] - self.graph.positions[moved], axis=1)
         around = np.where(gap <= self.settings.exclusion_radius_m, per_end, -np.inf)
@@ -385,13 +383,17 @@ class SequenceFilter:
         cost = self.settings.switch_cost * min(length, SWITCH_HORIZON) * used / length**2  # mean units
         return kept if around[kept] >= per_end[best] - cost else best
 
-    def _candidates(self, top_ids: np.ndarray) -> np.ndarray:
-        """The frame's top-k, then the previous frame's best moved by the motion since then."""
-        carried = np.zeros(0, dtype=np.int64)
-        if self._history and len(self._history[-1].best):
-            previous = self._history[-1]
-            moved = self._step(previous.best, previous.motion)
-            carried = np.unique(moved[moved >= 0])
+    def _moved_best(self) -> np.ndarray:
+        """The previous frame's best candidates, its answer first, moved on by the motion since
+        then (-1 where one left the map; empty without history)."""
+        if not self._history or not len(self._history[-1].best):
+            return np.zeros(0, dtype=np.int64)
+        previous = self._history[-1]
+        return self._step(previous.best, previous.motion)
+
+    def _candidates(self, top_ids: np.ndarray, moved: np.ndarray) -> np.ndarray:
+        """The frame's top-k, then the previous frame's best moved on (:meth:`_moved_best`)."""
+        carried = np.unique(moved[moved >= 0])
         return np.concatenate([top_ids, carried[~np.isin(carried, top_ids)]])
 
     def _distances(self, motion: Motion) -> np.ndarray:

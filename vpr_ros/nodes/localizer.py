@@ -158,14 +158,13 @@ class Localizer(VprNode):
             f"similarity threshold {self.threshold():.3f}"
         )
         self.publish_map(self.map, self.path_pub, self.map_marker_pub)
-        self._sequence_settings()  # refuse bad sequence.* values at configure, in one line
+        self._sequence_settings(cfg)  # refuse bad sequence.* values at configure, in one line
         if cfg["sequence.odom_topic"]:
             self._odom_sub = self.create_subscription(
                 Odometry, str(cfg["sequence.odom_topic"]), self.odometry.add, 50
             )
 
-    def _sequence_settings(self) -> SequenceSettings:
-        cfg = self.config
+    def _sequence_settings(self, cfg: dict[str, P.Value]) -> SequenceSettings:
         settings = SequenceSettings(
             length=int(cfg["sequence.length"]),
             min_frames=int(cfg["sequence.min_frames"]),
@@ -244,13 +243,14 @@ class Localizer(VprNode):
             if item is None:
                 continue
             msg, received = item
-            max_rate = float(self.config["input.max_rate_hz"])
+            cfg = self.config  # one snapshot per frame (see _apply_parameters)
+            max_rate = float(cfg["input.max_rate_hz"])
             if max_rate > 0 and received - self._last_processed < 1.0 / max_rate:
                 self.counts["throttled"] += 1
                 continue
             self._last_processed = received
             try:
-                self._process(msg, received)
+                self._process(msg, received, cfg)
             except ImageConversionError as exc:  # the input's fault: counted, logged, no answer
                 self.counts["invalid"] += 1
                 self._outcome = ("invalid", str(exc))
@@ -265,7 +265,7 @@ class Localizer(VprNode):
                         f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0
                     )
 
-    def _tracker(self, place_map: PlaceMap) -> SequenceTracker | None:
+    def _tracker(self, place_map: PlaceMap, cfg: dict[str, P.Value]) -> SequenceTracker | None:
         """The sequence filter for this frame: rebuilt after a change of its parameters or a map
         reload, its history cleared after ~/reset_sequence (both on this worker thread, which alone
         uses it); None while sequence.enabled is false or its parameters do not fit together
@@ -278,9 +278,9 @@ class Localizer(VprNode):
             self._sequence_stale = False
             self.tracker = None
             self.sequence_state = "off"
-            if self.config["sequence.enabled"]:
+            if cfg["sequence.enabled"]:
                 try:
-                    settings = self._sequence_settings()
+                    settings = self._sequence_settings(cfg)
                 except InputError as exc:
                     self.sequence_state = f"off: {exc}"
                     self.get_logger().error(f"sequence filter off: {exc}")
@@ -288,8 +288,7 @@ class Localizer(VprNode):
                     self.tracker = SequenceTracker(place_map.positions, place_map.orientations, settings)
         return self.tracker
 
-    def _process(self, msg, received: float) -> None:
-        cfg = self.config  # one snapshot per frame (see _apply_parameters)
+    def _process(self, msg, received: float, cfg: dict[str, P.Value]) -> None:
         rgb = message_to_rgb(msg)
         t0 = time.monotonic()
         descriptor = self.backend.embed([rgb])
@@ -299,7 +298,7 @@ class Localizer(VprNode):
         k = int(cfg["search.top_k"])
         sims, ids = place_map.search(descriptor, k)
         ranked, scores = ids[0], sims[0]
-        tracker = self._tracker(place_map)
+        tracker = self._tracker(place_map, cfg)
         filtered = None
         if tracker is not None:
             stamp = stamp_ns(msg.header)
