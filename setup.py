@@ -85,11 +85,11 @@ setup(
     entry_points={
         "console_scripts": [
             "vpr-train = training.cli:main",
-            "vpr-build-engine = vpr_ros.build_engine:main",
-            "vpr-build-map = vpr_ros.build_map:main",
+            "vpr-build-engine = vpr_ros.trt.build_engine:main",
+            "vpr-build-map = vpr_ros.mapping.build_map:main",
             "vpr-eval = vpr_ros.evaluation.offline:main",
             "vpr-bench = vpr_ros.evaluation.bench:main",
-            "vpr-replay = vpr_ros.replay:main",
+            "vpr-replay = vpr_ros.evaluation.replay:main",
             "vpr_localizer = vpr_ros.nodes.localizer:main",
             "vpr_mapper = vpr_ros.nodes.mapper:main",
             "vpr_bag_player = vpr_ros.nodes.bag_player:main",

@@ -47,7 +47,7 @@ def make_town(out: Path) -> Path:
 
 
 def make_map(bags: Path, bundle: Path, out: Path) -> Path:
-    from vpr_ros.build_map import main as build_map
+    from vpr_ros.mapping.build_map import main as build_map
 
     argv = ["--bag", str(bags / "t00_day"), "--model", str(bundle), "--out", str(out), "--quiet"]
     assert build_map([*argv, "--min-distance", "2", "--backend", "onnxruntime"]) == 0
@@ -67,7 +67,7 @@ def make_slow_bundle(size: tuple[int, int], out: Path) -> Path:
 def query_images(bags: Path, size: tuple[int, int]) -> list[np.ndarray]:
     import cv2
 
-    from vpr_ros.rosbag_source import bag_topics, choose_topics, iter_frames
+    from vpr_ros.io.rosbag_source import bag_topics, choose_topics, iter_frames
 
     bag = bags / "t01_night"
     image_topic, _, pose_topic, _ = choose_topics(bag_topics(bag))

@@ -22,7 +22,7 @@ searches all queries at once, as replay evaluation does. Build time is adding ev
 ``PlaceMap.add`` plus training (IVF-PQ); save time is ``PlaceMap.save`` (all files, fsync, sha256);
 index MB is the size of the written FAISS index, about its size in memory (the map also keeps
 descriptors.npy, 4 D bytes per keyframe, memory-mapped when loaded). Every index runs with the
-runtime's default parameters (``vpr_ros.place_map.INDEX_DEFAULTS``), shown in the index column.
+runtime's default parameters (``vpr_ros.mapping.place_map.INDEX_DEFAULTS``), shown in the index column.
 FAISS runs on one thread unless ``--threads`` says otherwise: a node searches one query at a time,
 and FAISS's OpenMP threads spin-wait, which on a busy 2-core machine made a single 10k-keyframe
 flat search 5x slower (16 ms vs 3 ms) and IVF-PQ training 10x slower than one thread.
@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vpr_ros.backends import create_backend  # noqa: E402
 from vpr_ros.bundle import load_bundle  # noqa: E402
-from vpr_ros.place_map import INDEX_DEFAULTS, PlaceMap, ivfpq_shape  # noqa: E402
+from vpr_ros.mapping.place_map import INDEX_DEFAULTS, PlaceMap, ivfpq_shape  # noqa: E402
 
 WORLD_SIDES = ("database", "query")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

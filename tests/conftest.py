@@ -160,7 +160,7 @@ def bundle() -> Path:
 
 @pytest.fixture(scope="session")
 def day_map(tmp_path_factory, town, bundle) -> Path:
-    from vpr_ros.build_map import main as build_map
+    from vpr_ros.mapping.build_map import main as build_map
 
     out = tmp_path_factory.mktemp("nodes_map") / "map"
     argv = [

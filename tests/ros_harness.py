@@ -88,7 +88,7 @@ def header(stamp_ns: int, frame_id: str) -> Any:
 def image_msg(rgb: np.ndarray, stamp_ns: int, encoding: str = "rgb8") -> Any:
     from sensor_msgs.msg import Image
 
-    from vpr_ros.image_codec import rgb_to_image_fields, to_image_msg
+    from vpr_ros.io.image_codec import rgb_to_image_fields, to_image_msg
 
     return to_image_msg(rgb_to_image_fields(rgb, encoding), Image, header(stamp_ns, "camera"))
 
@@ -104,6 +104,6 @@ def odometry_msg(position: np.ndarray, orientation: np.ndarray, stamp_ns: int, f
 
 
 def stamp_of(msg: Any) -> int:
-    from vpr_ros.pose_sync import stamp_ns
+    from vpr_ros.io.pose_sync import stamp_ns
 
     return stamp_ns(msg.header)

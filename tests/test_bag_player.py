@@ -45,7 +45,7 @@ def write_bag(path: Path, messages: list[Message]) -> Path:
 
 
 def read_bag(path: Path) -> list[Message]:
-    from vpr_ros.rosbag_source import bag_topics, iter_raw
+    from vpr_ros.io.rosbag_source import bag_topics, iter_raw
 
     return list(iter_raw(path, list(bag_topics(path))))
 

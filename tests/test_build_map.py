@@ -18,14 +18,19 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from vpr_ros.backends import create_backend
-from vpr_ros.build_map import main
 from vpr_ros.bundle import load_bundle
 from vpr_ros.errors import InputError
-from vpr_ros.image_codec import rgb_to_compressed_fields, rgb_to_image_fields, to_compressed_msg, to_image_msg
-from vpr_ros.keyframes import KeyframeSelector
-from vpr_ros.map_builder import MapBuilder
-from vpr_ros.place_map import MapError, PlaceMap
-from vpr_ros.rosbag_source import bag_info, bag_topics, choose_topics, iter_frames
+from vpr_ros.io.image_codec import (
+    rgb_to_compressed_fields,
+    rgb_to_image_fields,
+    to_compressed_msg,
+    to_image_msg,
+)
+from vpr_ros.io.rosbag_source import bag_info, bag_topics, choose_topics, iter_frames
+from vpr_ros.mapping.build_map import main
+from vpr_ros.mapping.keyframes import KeyframeSelector
+from vpr_ros.mapping.map_builder import MapBuilder
+from vpr_ros.mapping.place_map import MapError, PlaceMap
 
 TS = get_typestore(Stores.ROS2_KILTED)
 T = TS.types

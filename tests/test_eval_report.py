@@ -17,8 +17,8 @@ from vpr_ros.evaluation.answers import AnswerLog
 from vpr_ros.evaluation.ground_truth import GroundTruth
 from vpr_ros.evaluation.metrics import EvalSettings, Evaluation, evaluate
 from vpr_ros.evaluation.report import REPORT_SCHEMA, check_report_dir, summary, write_report
-from vpr_ros.place_map import PlaceMap
-from vpr_ros.rosbag_source import BagInfo
+from vpr_ros.io.rosbag_source import BagInfo
+from vpr_ros.mapping.place_map import PlaceMap
 
 DIM = 16
 HASH = "sha256:" + "cd" * 32
@@ -371,7 +371,7 @@ def _cloud(rows: np.ndarray):
 
 
 def test_match_tables_round_trip_with_filtered_rows_and_read_old_recordings():
-    from vpr_ros import match_table
+    from vpr_ros.io import match_table
 
     positions, orientations = np.zeros((3, 3)), np.tile([0.0, 0.0, 0.0, 1.0], (3, 1))
     own = match_table.table_rows(

@@ -9,7 +9,7 @@ import pytest
 
 from vpr_ros.errors import InputError
 from vpr_ros.geometry import compose, quat_multiply, quat_normalize, quat_rotate, rotation_angle_deg, yaw_of
-from vpr_ros.keyframes import KeyframeSelector
+from vpr_ros.mapping.keyframes import KeyframeSelector
 
 IDENTITY = np.array([0.0, 0.0, 0.0, 1.0])
 

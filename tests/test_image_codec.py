@@ -1,4 +1,4 @@
-"""Tests for vpr_ros.image_codec: exact round trips, layouts, message flavours, errors, fuzzing."""
+"""Tests for vpr_ros.io.image_codec: exact round trips, layouts, message flavours, errors, fuzzing."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from rosbags.typesys import Stores, get_typestore
 
-from vpr_ros.image_codec import (
+from vpr_ros.io.image_codec import (
     MAX_DECODED_PIXELS,
     CompressedFields,
     ImageConversionError,
@@ -397,7 +397,7 @@ def test_the_error_is_a_value_error() -> None:
 
 def test_module_imports_without_ros() -> None:
     """Bag tools use the codec on machines without ROS: it must not import rclpy or message packages."""
-    code = "import sys; sys.modules.update(rclpy=None, sensor_msgs=None); import vpr_ros.image_codec"
+    code = "import sys; sys.modules.update(rclpy=None, sensor_msgs=None); import vpr_ros.io.image_codec"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 

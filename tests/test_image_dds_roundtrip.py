@@ -24,7 +24,9 @@ import rclpy
 from rclpy.executors import ExternalShutdownException
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
-from vpr_ros.image_codec import rgb_to_compressed_fields, rgb_to_image_fields, to_compressed_msg, to_image_msg
+from vpr_ros.io.image_codec import (
+    rgb_to_compressed_fields, rgb_to_image_fields, to_compressed_msg, to_image_msg,
+)
 
 height, width, seed, pad = map(int, sys.argv[1:])
 rgb = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -92,7 +94,7 @@ def test_image_and_compressed_image_survive_dds(ros_process) -> None:
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
 
-    from vpr_ros.image_codec import message_to_rgb
+    from vpr_ros.io.image_codec import message_to_rgb
 
     publisher = ros_process(["-c", PUBLISHER, str(HEIGHT), str(WIDTH), str(SEED), str(PAD)])
     context = Context()

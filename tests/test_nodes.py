@@ -28,7 +28,7 @@ NODE_START_S = 60.0
 
 
 def frames(bag: Path) -> list:
-    from vpr_ros.rosbag_source import bag_topics, choose_topics, iter_frames
+    from vpr_ros.io.rosbag_source import bag_topics, choose_topics, iter_frames
 
     image_topic, _, pose_topic, _ = choose_topics(bag_topics(bag))
     return list(iter_frames(bag, image_topic, pose_topic, 0.05))
@@ -86,7 +86,7 @@ def localize(ros: RosHarness, proc, sequence: list, timeout_s: float = 20.0) -> 
     """Publish each frame after the previous one was answered (flow control); stamp -> match table."""
     from sensor_msgs.msg import Image
 
-    from vpr_ros.match_table import read_table
+    from vpr_ros.io.match_table import read_table
 
     pub = ros.publisher(Image, "/cam/image")
     matches = ros.received["/vpr/vpr_localizer/matches"]
@@ -105,7 +105,7 @@ def test_localizer_finds_dusk_places_refuses_off_route_and_keeps_stamps(
     from geometry_msgs.msg import PoseWithCovarianceStamped
     from sensor_msgs.msg import PointCloud2
 
-    from vpr_ros.place_map import PlaceMap
+    from vpr_ros.mapping.place_map import PlaceMap
 
     place_map = PlaceMap.load(day_map)
     proc = ros_process(
@@ -160,8 +160,8 @@ def test_mapper_saves_a_map_that_matches_the_odometry(ros_process, town, bundle,
     from sensor_msgs.msg import Image
 
     from vpr_ros.geometry import rotation_angle_deg
-    from vpr_ros.keyframes import KeyframeSelector
-    from vpr_ros.place_map import PlaceMap
+    from vpr_ros.mapping.keyframes import KeyframeSelector
+    from vpr_ros.mapping.place_map import PlaceMap
 
     out = tmp_path / "maps" / "day"  # missing parents are made
     proc = ros_process(
@@ -339,7 +339,7 @@ def slow_setup(tmp_path_factory, town) -> tuple[Path, Path]:
     """A bundle at 720x960 (slower than a 30 Hz camera on 2 cores) and its map."""
     from training.export import Source, export_bundle, procedural_images
     from training.models import ModelConfig, build_model
-    from vpr_ros.build_map import main as build_map
+    from vpr_ros.mapping.build_map import main as build_map
 
     model, _ = build_model(ModelConfig(backbone="mobilenet_v2", weights="imagenet"))
     source = Source(
@@ -429,7 +429,7 @@ def test_sequence_filter_in_the_localizer_beats_single_frames_at_night(
     from sensor_msgs.msg import Image, PointCloud2
     from std_srvs.srv import Trigger
 
-    from vpr_ros.match_table import read_table
+    from vpr_ros.io.match_table import read_table
 
     proc = ros_process(
         node_args(

@@ -17,11 +17,11 @@ import faiss
 import numpy as np
 import pytest
 
-from vpr_ros import fileio
-from vpr_ros import place_map as pm
 from vpr_ros.bundle import sha256_file
 from vpr_ros.errors import InputError
-from vpr_ros.place_map import MapError, PlaceMap
+from vpr_ros.io import fileio
+from vpr_ros.mapping import place_map as pm
+from vpr_ros.mapping.place_map import MapError, PlaceMap
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HASH = "sha256:" + "ab" * 32
@@ -301,7 +301,7 @@ CHILD = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from vpr_ros.place_map import PlaceMap
+    from vpr_ros.mapping.place_map import PlaceMap
 
     rng = np.random.default_rng(7)
     maps = []
@@ -411,7 +411,8 @@ def test_missing_file(saved, name, no_faiss_reads):
 def test_other_schema(saved):
     edit_meta(saved, schema="vpr_ros.place_map/2")
     with pytest.raises(
-        MapError, match=r"schema 'vpr_ros.place_map/2'; this vpr_ros reads 'vpr_ros.place_map/1'"
+        MapError,
+        match=r"schema 'vpr_ros.place_map/2'; this vpr_ros reads 'vpr_ros.place_map/1'",
     ):
         PlaceMap.load(saved)
 

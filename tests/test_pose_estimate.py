@@ -9,8 +9,8 @@ import pytest
 
 from vpr_ros.errors import InputError
 from vpr_ros.geometry import yaw_of
-from vpr_ros.place_map import PlaceMap
-from vpr_ros.pose_estimate import UNESTIMATED_VARIANCE, estimate_pose
+from vpr_ros.localization.pose_estimate import UNESTIMATED_VARIANCE, estimate_pose
+from vpr_ros.mapping.place_map import PlaceMap
 
 DIM = 8
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vpr_ros.errors import InputError
-from vpr_ros.pose_sync import ImagePosePairer
+from vpr_ros.io.pose_sync import ImagePosePairer
 
 MS = 1_000_000  # ns
 Q = (0.0, 0.0, 0.0, 1.0)

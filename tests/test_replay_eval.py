@@ -48,7 +48,7 @@ def metrics_of(report: dict) -> dict:
 
 
 def replay_argv(map_dir: Path, bag: Path, bundle: Path, out: Path, *extra: str) -> list[str]:
-    """``python -m vpr_ros.replay`` arguments (after the interpreter)."""
+    """``python -m vpr_ros.evaluation.replay`` arguments (after the interpreter)."""
     args = [
         "--map",
         map_dir,
@@ -62,7 +62,7 @@ def replay_argv(map_dir: Path, bag: Path, bundle: Path, out: Path, *extra: str) 
         "onnxruntime",
         *extra,
     ]
-    return ["-m", "vpr_ros.replay", *map(str, args)]
+    return ["-m", "vpr_ros.evaluation.replay", *map(str, args)]
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +244,7 @@ def test_bag_with_bad_image_stamps_is_refused(tmp_path, capsys, town, bundle, da
 
 
 def test_map_and_bag_in_different_frames_are_refused(tmp_path, capsys, town, bundle) -> None:
-    from vpr_ros.build_map import main as build_map
+    from vpr_ros.mapping.build_map import main as build_map
 
     other = tmp_path / "map_in_world"
     argv = [
@@ -360,7 +360,7 @@ def test_bad_metric_settings_are_refused_before_the_bag_is_read(
 def test_replay_refuses_what_a_node_would_refuse_before_starting_it(
     tmp_path, capsys, town, bundle, day_map, extra, expected
 ) -> None:
-    from vpr_ros.replay import main as vpr_replay
+    from vpr_ros.evaluation.replay import main as vpr_replay
 
     out = tmp_path / "r"
     assert vpr_replay(replay_argv(day_map, town / "t01_dusk", bundle, out, *extra)[2:]) == 2

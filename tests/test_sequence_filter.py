@@ -202,8 +202,8 @@ def test_the_answer_list_is_the_filters_place_and_the_pose_follows_it():
     """Ten frames along the route, then a frame whose own top results are a look-alike cluster far
     away: the filtered list keeps only the filter's place (the confidence first, scores falling,
     -1 / -inf padding), so the kNN pose is there too, not at the cluster."""
-    from vpr_ros.place_map import PlaceMap
-    from vpr_ros.pose_estimate import estimate_pose
+    from vpr_ros.localization.pose_estimate import estimate_pose
+    from vpr_ros.mapping.place_map import PlaceMap
 
     rng = np.random.default_rng(10)
     n = 200

@@ -268,7 +268,7 @@ def test_bags_of_the_generated_world_hold_the_planned_poses_and_rendered_pixels(
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import Stores, get_typestore
 
-    from vpr_ros.image_codec import message_to_rgb
+    from vpr_ros.io.image_codec import message_to_rgb
 
     paths, traverses = plan_traverses(SMALL, seed=0)
     town = build_town(SMALL.layout, seed=0)

@@ -30,10 +30,10 @@ from rosbags.rosbag2 import Writer
 from rosbags.typesys import Stores, get_typestore
 
 from vpr_ros import bundle as bundle_mod
-from vpr_ros.build_engine import build_parser, main
 from vpr_ros.bundle import ModelBundle, load_bundle
 from vpr_ros.errors import BackendError, InputError
 from vpr_ros.trt import builder, engine_cache, runtime
+from vpr_ros.trt.build_engine import build_parser, main
 from vpr_ros.trt.builder import build_engine, ensure_engine, precision_plan
 from vpr_ros.trt.calibration import calibration_batches, calibration_hash, calibration_set
 from vpr_ros.trt.engine_cache import (
@@ -879,7 +879,7 @@ def test_cli_help_says_where_to_build() -> None:
 
 def test_cli_builds_once_then_reuses(bundle: ModelBundle, use_trt, monkeypatch, capsys) -> None:
     trt = use_trt("10.3.0")
-    monkeypatch.setattr("vpr_ros.build_engine.gpu_identity", lambda device_id: GPU)
+    monkeypatch.setattr("vpr_ros.trt.build_engine.gpu_identity", lambda device_id: GPU)
     args = ["--bundle", str(bundle.path), "--max-batch", "4"]
     assert main(args) == 0
     out = capsys.readouterr().out

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vpr_ros.errors import BundleError
-from vpr_ros.fileio import require
+from vpr_ros.io.fileio import require
 
 SCHEMA = "vpr_ros.model_bundle/1"
 ONNX_FILE = "model.onnx"

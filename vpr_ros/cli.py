@@ -41,7 +41,7 @@ def integer_at_least(minimum: int) -> Callable[[str], int]:
 
 def add_bag_topic_arguments(parser: argparse.ArgumentParser, pose_help: str, sync_tolerance_s: float) -> None:
     """``--image-topic``, ``--pose-topic`` and ``--sync-tolerance`` of a tool that reads camera
-    frames with their poses from a bag (:func:`vpr_ros.rosbag_source.iter_frames`)."""
+    frames with their poses from a bag (:func:`vpr_ros.io.rosbag_source.iter_frames`)."""
     parser.add_argument(
         "--image-topic", help="sensor_msgs Image or CompressedImage topic (default: the only one)"
     )

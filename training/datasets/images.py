@@ -33,7 +33,7 @@ def load_image(path: Path, size: tuple[int, int] | None = DEFAULT_SIZE) -> torch
     """RGB float32 tensor [3, H, W] in [0, 1], resized to ``size`` = (H, W); None keeps the file's size.
 
     Grey and 16-bit files become 8-bit RGB (OpenCV ``IMREAD_COLOR``). EXIF orientation is ignored,
-    as PIL (GCL's loader) and ``vpr_ros.image_codec`` (the robot's frames) ignore it, so a model sees
+    as PIL (GCL's loader) and ``vpr_ros.io.image_codec`` (the robot's frames) ignore it, so a model sees
     the same pixels in training and on the robot.
     """
     try:

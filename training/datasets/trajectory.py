@@ -38,8 +38,8 @@ from training.datasets.common import (
     wrap_angle,
 )
 from training.errors import UserError
-from vpr_ros.image_codec import ImageConversionError, message_to_rgb
-from vpr_ros.pose_sync import stamp_ns
+from vpr_ros.io.image_codec import ImageConversionError, message_to_rgb
+from vpr_ros.io.pose_sync import stamp_ns
 
 log = logging.getLogger(__name__)
 

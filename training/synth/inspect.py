@@ -22,7 +22,7 @@ from rosbags.highlevel import AnyReader  # noqa: E402
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
 
 from training.errors import UserError  # noqa: E402
-from vpr_ros.image_codec import message_to_rgb  # noqa: E402
+from vpr_ros.io.image_codec import message_to_rgb  # noqa: E402
 
 IMAGE_TOPIC, ODOM_TOPIC = "/camera/image_raw", "/odom"
 

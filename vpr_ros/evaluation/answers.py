@@ -55,7 +55,7 @@ class AnswerLog:
         self._rows[int(stamp_ns)] = (ids, scores, float(latency_s))
 
     def add_match_table(self, stamp_ns: int, rows: np.ndarray, latency_s: float = float("nan")) -> None:
-        """One ``~/matches`` message (:func:`vpr_ros.match_table.read_table` rows)."""
+        """One ``~/matches`` message (:func:`vpr_ros.io.match_table.read_table` rows)."""
         order = np.argsort(rows["rank"], kind="stable")
         self.add(stamp_ns, rows["keyframe_id"][order], rows["similarity"][order], latency_s)
 

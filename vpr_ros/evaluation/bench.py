@@ -50,7 +50,7 @@ from vpr_ros.evaluation import plots, raw_pixels
 from vpr_ros.evaluation.image_folders import Dataset, read_dataset, read_image
 from vpr_ros.evaluation.metrics import precision_recall
 from vpr_ros.evaluation.report import _plain, markdown_table, number
-from vpr_ros.fileio import (
+from vpr_ros.io.fileio import (
     check_replaceable,
     has_schema,
     replace_directory,

@@ -1,6 +1,6 @@
 """Ground truth of a query run: each camera frame's recorded pose, keyed by the image's header stamp.
 
-The pairing is :func:`vpr_ros.rosbag_source.iter_frames` (the mapping code path), so a frame has
+The pairing is :func:`vpr_ros.io.rosbag_source.iter_frames` (the mapping code path), so a frame has
 ground truth exactly when the map builder would have given it a pose. The localizer stamps its
 answer with the image's header stamp, which is how an answer finds its ground truth; the reader
 therefore refuses image stamps that repeat or go back (an answer could not be told apart).
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from vpr_ros.errors import InputError
-from vpr_ros.place_map import PlaceMap
-from vpr_ros.pose_sync import DEFAULT_TOLERANCE_S
-from vpr_ros.rosbag_source import BagInfo, FrameStream, bag_info, iter_frames
+from vpr_ros.io.pose_sync import DEFAULT_TOLERANCE_S
+from vpr_ros.io.rosbag_source import BagInfo, FrameStream, bag_info, iter_frames
+from vpr_ros.mapping.place_map import PlaceMap
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class GroundTruth:
 
 
 class TruthRecorder:
-    """Collects frames of a :class:`~vpr_ros.rosbag_source.FrameStream` into a :class:`GroundTruth`
+    """Collects frames of a :class:`~vpr_ros.io.rosbag_source.FrameStream` into a :class:`GroundTruth`
     while someone else (the offline evaluator) uses the same frames."""
 
     def __init__(self, info: BagInfo) -> None:

@@ -16,7 +16,7 @@ Definitions (one query = one frame with ground truth that was answered):
   (``found_in_top_k`` says how often): with K = 20 that matters only for spacings of many times
   the map's own.
 - **pose estimates** (IM2GPS, Vo et al. 2017, supplement Table 3, at robot scale): the position
-  error of the top-1 keyframe against kNN Gaussian voting (:mod:`vpr_ros.pose_estimate`) for
+  error of the top-1 keyframe against kNN Gaussian voting (:mod:`vpr_ros.localization.pose_estimate`) for
   several kernel widths sigma, over the on-route queries accepted at the threshold; the share
   within 1/2/5/10/25 m replaces the paper's street/city/region/country/continent columns.
 - **unknown place** (precision-recall over the top-1 score): accepting a query when its best
@@ -42,8 +42,8 @@ from vpr_ros.errors import InputError
 from vpr_ros.evaluation.answers import Answers
 from vpr_ros.evaluation.ground_truth import GroundTruth
 from vpr_ros.geometry import yaw_difference, yaw_of
-from vpr_ros.place_map import PlaceMap
-from vpr_ros.pose_estimate import estimate_pose
+from vpr_ros.localization.pose_estimate import estimate_pose
+from vpr_ros.mapping.place_map import PlaceMap
 
 WITHIN_M = (1.0, 2.0, 5.0, 10.0, 25.0)
 

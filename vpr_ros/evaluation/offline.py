@@ -1,7 +1,7 @@
 """``vpr-eval``: evaluate a place map and a model on a recorded query run, without ROS or DDS.
 
 Each frame goes through the localizer's own steps in the localizer's order: decode
-(:func:`vpr_ros.image_codec.message_to_rgb`), embed ONE frame (as the node does, so descriptors
+(:func:`vpr_ros.io.image_codec.message_to_rgb`), embed ONE frame (as the node does, so descriptors
 are bit-identical to the node's; batching can change the last float bits and with them the
 order of near-ties), search the map's top-k, and the answer is recorded with its wall time. The
 metrics are then those of the replay through the node (:mod:`vpr_ros.evaluation.metrics`).
@@ -32,15 +32,15 @@ from vpr_ros.evaluation.answers import AnswerLog
 from vpr_ros.evaluation.ground_truth import TruthRecorder, check_same_frame, open_query_bag
 from vpr_ros.evaluation.metrics import EvalSettings
 from vpr_ros.evaluation.session import EvalInputs, finish, prepare
-from vpr_ros.image_codec import ImageConversionError
+from vpr_ros.io.image_codec import ImageConversionError
+from vpr_ros.io.pose_sync import DEFAULT_TOLERANCE_S
+from vpr_ros.io.rosbag_source import Frame, FrameStream, bag_info, iter_frames, parse_frame_source
 from vpr_ros.localization.sequence_filter import (
     Scorer,
     SequenceSettings,
     SequenceTracker,
     cosine_scorer,
 )
-from vpr_ros.pose_sync import DEFAULT_TOLERANCE_S
-from vpr_ros.rosbag_source import Frame, FrameStream, bag_info, iter_frames, parse_frame_source
 
 DESCRIPTION = """\
 Localize every frame of a recorded query run (rosbag2: camera images + ground-truth poses) against a

@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from vpr_ros.evaluation.metrics import Evaluation
-from vpr_ros.place_map import PlaceMap
+from vpr_ros.mapping.place_map import PlaceMap
 
 DPI = 110
 RECALL_LABELS = {"distance": "distance", "distance_and_heading": "distance and heading"}

@@ -1,6 +1,6 @@
 """The replay report on disk: report.json for tools, queries.csv per frame, report.md and PNGs for people.
 
-A report is a directory, written like a place map (:mod:`vpr_ros.fileio`): everything is staged in
+A report is a directory, written like a place map (:mod:`vpr_ros.io.fileio`): everything is staged in
 a hidden sibling and swapped in at once, so an interrupted or failed run leaves the previous report
 whole, never half of two. report.json (schema :data:`REPORT_SCHEMA`) holds ``run`` - what was
 evaluated - and every section of :attr:`~vpr_ros.evaluation.metrics.Evaluation.report`, with numpy
@@ -20,14 +20,14 @@ import numpy as np
 
 from vpr_ros.evaluation import plots
 from vpr_ros.evaluation.metrics import WITHIN_M, Evaluation
-from vpr_ros.fileio import (
+from vpr_ros.io.fileio import (
     check_replaceable,
     has_schema,
     replace_directory,
     staging_directory,
     sweep_leftovers,
 )
-from vpr_ros.place_map import PlaceMap
+from vpr_ros.mapping.place_map import PlaceMap
 
 REPORT_SCHEMA = "vpr_ros.eval_report/1"
 REPORT_JSON = "report.json"

@@ -17,8 +17,8 @@ from vpr_ros.evaluation.answers import Answers
 from vpr_ros.evaluation.ground_truth import GroundTruth
 from vpr_ros.evaluation.metrics import EvalSettings, evaluate, sequence_section
 from vpr_ros.evaluation.report import check_report_dir, summary, write_report
-from vpr_ros.place_map import PlaceMap
-from vpr_ros.pose_estimate import resolve_threshold
+from vpr_ros.localization.pose_estimate import resolve_threshold
+from vpr_ros.mapping.place_map import PlaceMap
 
 
 @dataclass(frozen=True)

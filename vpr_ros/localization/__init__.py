@@ -1,1 +1,1 @@
-"""Localization from place-map answers: the sequence filter over consecutive frames."""
+"""Localization from place-map answers: one frame's pose, the sequence filter, the robot's pose in REP 105."""

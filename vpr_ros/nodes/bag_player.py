@@ -5,7 +5,7 @@ flow-controlled, for replay evaluations.
 than the camera the localizer drops frames (it works on the newest one, by design), so the same
 evaluation gives other results on another machine or under load. In ``flow`` mode this player
 publishes the next image only once the answer to the previous one arrived: the localizer's match
-table (``sensor_msgs/PointCloud2``, ``vpr_ros.match_table``) stamped with the image's header stamp.
+table (``sensor_msgs/PointCloud2``, ``vpr_ros.io.match_table``) stamped with the image's header stamp.
 Every image is then processed exactly once, as fast as the localizer can, and the results do not
 depend on the machine. DDS may still lose an image (best-effort subscribers, or frames sent before
 the subscriber's side of discovery completed): an image not answered within ``answer_timeout_s``
@@ -17,7 +17,7 @@ The player publishes the recorded CDR bytes as they are (rclpy publishes ``bytes
 message), never deserializing them: fast, and exact (subscribers receive the recorded bytes, which
 DDS pads with zeros to a multiple of 4). This needs the bag's message definitions to equal this
 Python's (true for the sensor, navigation and geometry messages across Humble, Jazzy and Kilted).
-Bags are read with ``rosbags``, without a ROS install (``vpr_ros.rosbag_source``). Answers are
+Bags are read with ``rosbags``, without a ROS install (``vpr_ros.io.rosbag_source``). Answers are
 paired by stamp, so image header stamps must strictly increase; this is checked before anything is
 published. Before exiting, the player waits (up to 5 s) until the reliable subscribers acknowledged
 the last messages, which would otherwise be lost with the process.
@@ -61,9 +61,8 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import PointCloud2
 
 from vpr_ros.errors import InputError
-from vpr_ros.nodes import params as P
-from vpr_ros.pose_sync import stamp_ns
-from vpr_ros.rosbag_source import (
+from vpr_ros.io.pose_sync import stamp_ns
+from vpr_ros.io.rosbag_source import (
     IMAGE_TYPES,
     bag_topics,
     check_increasing,
@@ -71,6 +70,7 @@ from vpr_ros.rosbag_source import (
     iter_raw,
     topic_listing,
 )
+from vpr_ros.nodes import params as P
 
 TOPICS_DESCRIPTION = "topics to play besides the image topic ([] = every topic this Python has the type of)"
 

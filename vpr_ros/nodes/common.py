@@ -24,9 +24,9 @@ from std_msgs.msg import Header
 from vpr_ros.backends import create_backend
 from vpr_ros.bundle import load_bundle
 from vpr_ros.errors import InputError
+from vpr_ros.mapping.place_map import PlaceMap
 from vpr_ros.nodes import messages
 from vpr_ros.nodes import params as P
-from vpr_ros.place_map import PlaceMap
 
 # REP-2003: consumers subscribe to cameras with sensor-data QoS. Depth 1, not rclpy's 5: a slow
 # backend must process the newest frame, never a backlog (ROS_NOTES §0.4).

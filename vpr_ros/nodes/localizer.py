@@ -5,7 +5,7 @@ search the place map's top-k -> pose from the matches (top-1 or kNN Gaussian vot
 stamped with the image's stamp in the map frame:
 
 - ``~/pose`` (geometry_msgs/PoseWithCovarianceStamped): only for accepted frames;
-- ``~/matches`` (sensor_msgs/PointCloud2 match table, ``vpr_ros.match_table``): every processed
+- ``~/matches`` (sensor_msgs/PointCloud2 match table, ``vpr_ros.io.match_table``): every processed
   frame, refusals included (``accepted = 0``), so "unknown place" is explicit;
 - ``~/markers`` (current match), ``~/map_markers`` and ``~/keyframes`` (latched map layers), and
   ``/diagnostics``.
@@ -39,20 +39,20 @@ from std_msgs.msg import Header
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
-from vpr_ros import match_table
 from vpr_ros.errors import InputError
-from vpr_ros.image_codec import ImageConversionError, message_to_rgb
+from vpr_ros.io import match_table
+from vpr_ros.io.image_codec import ImageConversionError, message_to_rgb
+from vpr_ros.io.pose_sync import stamp_ns
+from vpr_ros.localization.pose_estimate import estimate_pose, resolve_threshold
 from vpr_ros.localization.sequence_filter import (
     SequenceSettings,
     SequenceTracker,
     cosine_scorer,
 )
+from vpr_ros.mapping.place_map import PlaceMap
 from vpr_ros.nodes import messages
 from vpr_ros.nodes import params as P
 from vpr_ros.nodes.common import LATCHED_QOS, RESULT_QOS, LatencyWindow, VprNode, run
-from vpr_ros.place_map import PlaceMap
-from vpr_ros.pose_estimate import estimate_pose, resolve_threshold
-from vpr_ros.pose_sync import stamp_ns
 
 
 class Mailbox:

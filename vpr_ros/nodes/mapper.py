@@ -1,9 +1,9 @@
 """``vpr_mapper``: drive the route once, get a place map.
 
 Subscribes to ``image`` (raw, or ``<image>/compressed``) and to ``odom`` (nav_msgs/Odometry) or
-``pose`` (geometry_msgs/PoseStamped), pairs them by stamp (``vpr_ros.pose_sync``), keeps a
+``pose`` (geometry_msgs/PoseStamped), pairs them by stamp (``vpr_ros.io.pose_sync``), keeps a
 keyframe every ``mapper.keyframe_min_distance_m`` or ``mapper.keyframe_min_rotation_deg``, embeds
-it and adds it to the map (``vpr_ros.map_builder``: the same code path as ``vpr-build-map``).
+it and adds it to the map (``vpr_ros.mapping.map_builder``: the same code path as ``vpr-build-map``).
 Publishes the keyframe trajectory on ``~/keyframes`` (nav_msgs/Path, latched) for RViz. The map is
 saved atomically on ``~/save_map`` (std_srvs/Trigger) and on shutdown (SIGINT/SIGTERM): a crash
 mid-save leaves the previous map whole.
@@ -23,13 +23,13 @@ from visualization_msgs.msg import MarkerArray
 
 from vpr_ros.errors import InputError
 from vpr_ros.geometry import compose, parse_extrinsic
-from vpr_ros.image_codec import message_to_rgb
-from vpr_ros.keyframes import KeyframeSelector
-from vpr_ros.map_builder import MapBuilder
+from vpr_ros.io.image_codec import message_to_rgb
+from vpr_ros.io.pose_sync import ImagePosePairer, stamp_ns
+from vpr_ros.mapping.keyframes import KeyframeSelector
+from vpr_ros.mapping.map_builder import MapBuilder
+from vpr_ros.mapping.place_map import PlaceMap, check_target
 from vpr_ros.nodes import params as P
 from vpr_ros.nodes.common import CAMERA_QOS, LATCHED_QOS, VprNode, run
-from vpr_ros.place_map import PlaceMap, check_target
-from vpr_ros.pose_sync import ImagePosePairer, stamp_ns
 
 POSE_DEPTH = 50  # poses are small and come faster than images: keep enough to pair every frame
 # Mapping embeds only keyframes, so it keeps up on average; a short queue rides out the stall of

@@ -11,7 +11,7 @@ from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from vpr_ros import match_table
+from vpr_ros.io import match_table
 
 
 def pose_msg(position: np.ndarray, orientation: np.ndarray) -> Pose:

@@ -16,7 +16,7 @@ from typing import Any
 from vpr_ros.backends import BACKENDS, PRECISIONS
 from vpr_ros.errors import InputError
 from vpr_ros.evaluation.metrics import EvalSettings
-from vpr_ros.pose_sync import DEFAULT_TOLERANCE_S
+from vpr_ros.io.pose_sync import DEFAULT_TOLERANCE_S
 
 Value = bool | int | float | str | list
 

@@ -37,14 +37,14 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
-from vpr_ros import match_table
 from vpr_ros.errors import BackendError, InputError
 from vpr_ros.evaluation.answers import AnswerLog
 from vpr_ros.evaluation.ground_truth import check_same_frame, open_query_bag, read_ground_truth
 from vpr_ros.evaluation.metrics import EvalSettings
 from vpr_ros.evaluation.session import finish, prepare
+from vpr_ros.io import match_table
+from vpr_ros.io.pose_sync import stamp_ns
 from vpr_ros.nodes import params as P
-from vpr_ros.pose_sync import stamp_ns
 
 REQUIRED = ("bag", "map.dir", "model.bundle_dir", "report.dir")
 # Images, only timed here: reliable when every publisher is (resolved when the subscription is

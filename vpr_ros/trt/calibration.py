@@ -6,7 +6,7 @@ frames are spread evenly over the source (sorted file names, or message order on
 identified by a hash of their names or stamps and the requested count; the TensorRT 10
 calibration cache and the engine sidecar record that hash, so a different set calibrates anew.
 
-Frames are decoded with :func:`vpr_ros.image_codec.message_to_rgb` and preprocessed with
+Frames are decoded with :func:`vpr_ros.io.image_codec.message_to_rgb` and preprocessed with
 :func:`vpr_ros.preprocess.to_input_batch`, exactly as the localization node does.
 """
 
@@ -24,9 +24,9 @@ import numpy as np
 
 from vpr_ros.bundle import InputSpec
 from vpr_ros.errors import InputError
-from vpr_ros.image_codec import ImageConversionError, message_to_rgb
+from vpr_ros.io.image_codec import ImageConversionError, message_to_rgb
+from vpr_ros.io.rosbag_source import IMAGE_TYPES, open_bag, topic_listing
 from vpr_ros.preprocess import to_input_batch
-from vpr_ros.rosbag_source import IMAGE_TYPES, open_bag, topic_listing
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_COUNT = 500  # TensorRT's advice for CNNs and ViTs

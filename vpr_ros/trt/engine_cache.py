@@ -37,7 +37,7 @@ from typing import Any, TextIO
 
 from vpr_ros.bundle import ModelBundle, sha256_file
 from vpr_ros.errors import BackendError, InputError
-from vpr_ros.fileio import fsync_dir
+from vpr_ros.io.fileio import fsync_dir
 
 SIDECAR_SCHEMA = "vpr_ros.trt_engine/1"
 PRECISIONS = ("fp32", "fp16", "int8")

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from vpr_ros.backends.base import EmbeddingBackend
-from vpr_ros.image_codec import ImageConversionError
-from vpr_ros.keyframes import KeyframeSelector
-from vpr_ros.place_map import MapError, PlaceMap
+from vpr_ros.io.image_codec import ImageConversionError
+from vpr_ros.mapping.keyframes import KeyframeSelector
+from vpr_ros.mapping.place_map import MapError, PlaceMap
 
 __all__ = ["MapBuilder"]
 

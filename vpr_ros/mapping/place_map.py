@@ -35,7 +35,7 @@ never reaches FAISS (whose readers can abort the process on bad input). ``descri
 memory-mapped, so a loaded flat or HNSW map holds its vectors once (inside the index); a map
 built in memory holds them twice (its own copy and the index's).
 
-Saving is atomic (:mod:`vpr_ros.fileio`): the files are written and fsynced in a hidden sibling
+Saving is atomic (:mod:`vpr_ros.io.fileio`): the files are written and fsynced in a hidden sibling
 directory, which then replaces the map in one step (Linux ``renameat2(RENAME_EXCHANGE)``; elsewhere
 the old map is renamed aside, the new one renamed in, and the old one deleted - a kill between those
 two renames leaves the old map whole in the aside directory, which the next save restores).
@@ -57,7 +57,8 @@ import numpy as np
 
 from vpr_ros.bundle import sha256_file
 from vpr_ros.errors import InputError
-from vpr_ros.fileio import (
+from vpr_ros.geometry import quat_normalize
+from vpr_ros.io.fileio import (
     check_replaceable,
     has_schema,
     interrupted_replacement,
@@ -66,7 +67,6 @@ from vpr_ros.fileio import (
     staging_directory,
     sweep_leftovers,
 )
-from vpr_ros.geometry import quat_normalize
 
 SCHEMA = "vpr_ros.place_map/1"
 META_FILE = "map.json"
@@ -493,7 +493,7 @@ def check_target(
 ) -> None:
     """The checks :meth:`PlaceMap.save` makes of ``directory``, for callers to make before a run
     spends minutes building the map: leftovers of killed saves swept, then
-    :func:`~vpr_ros.fileio.check_replaceable` (``where`` names the input in errors)."""
+    :func:`~vpr_ros.io.fileio.check_replaceable` (``where`` names the input in errors)."""
     directory = Path(directory).expanduser()
     sweep_leftovers(directory.absolute())
     where = where or f"place map {directory}"

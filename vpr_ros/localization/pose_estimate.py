@@ -40,7 +40,7 @@ import numpy as np
 
 from vpr_ros.errors import InputError
 from vpr_ros.geometry import yaw_of
-from vpr_ros.place_map import PlaceMap
+from vpr_ros.mapping.place_map import PlaceMap
 
 METHODS = ("top1", "knn_gaussian")
 DEFAULT_SIMILARITY_THRESHOLD = 0.5  # when neither the user nor the model bundle gives one

@@ -37,9 +37,9 @@ from vpr_ros.evaluation.offline import (
     settings_from,
 )
 from vpr_ros.evaluation.session import prepare
+from vpr_ros.io.pose_sync import DEFAULT_TOLERANCE_S
+from vpr_ros.io.rosbag_source import BagInfo, bag_info
 from vpr_ros.nodes import params as P
-from vpr_ros.pose_sync import DEFAULT_TOLERANCE_S
-from vpr_ros.rosbag_source import BagInfo, bag_info
 
 NAMESPACE = "/vpr"
 ANSWERS = f"{NAMESPACE}/vpr_localizer/matches"

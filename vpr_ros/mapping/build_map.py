@@ -1,8 +1,8 @@
 """``vpr-build-map``: build a place map offline from a rosbag2 recording (images + odometry).
 
-The same code path as the mapping node (:class:`~vpr_ros.pose_sync.ImagePosePairer` for stamp
-matching, :class:`~vpr_ros.map_builder.MapBuilder` for keyframes and embedding), fed from the bag
-by :mod:`vpr_ros.rosbag_source`, so it runs on a laptop without ROS. Inputs are checked before any
+The same code path as the mapping node (:class:`~vpr_ros.io.pose_sync.ImagePosePairer` for stamp
+matching, :class:`~vpr_ros.mapping.map_builder.MapBuilder` for keyframes and embedding), fed from the bag
+by :mod:`vpr_ros.io.rosbag_source`, so it runs on a laptop without ROS. Inputs are checked before any
 work (an existing ``--out``, the bundle, the bag's topics), and the map is written once, atomically,
 at the end: an error or Ctrl-C leaves ``--out`` as it was.
 """
@@ -23,11 +23,11 @@ from vpr_ros.backends import BACKENDS, create_backend
 from vpr_ros.bundle import load_bundle
 from vpr_ros.cli import add_bag_topic_arguments, non_negative, run
 from vpr_ros.errors import InputError
-from vpr_ros.keyframes import KeyframeSelector
-from vpr_ros.map_builder import MapBuilder
+from vpr_ros.io.rosbag_source import BagInfo, FrameStream, bag_info, iter_frames
+from vpr_ros.mapping.keyframes import KeyframeSelector
+from vpr_ros.mapping.map_builder import MapBuilder
+from vpr_ros.mapping.place_map import INDEX_TYPES, PlaceMap, check_target
 from vpr_ros.nodes.params import MAPPER
-from vpr_ros.place_map import INDEX_TYPES, PlaceMap, check_target
-from vpr_ros.rosbag_source import BagInfo, FrameStream, bag_info, iter_frames
 
 DESCRIPTION = """\
 Build a place map from a rosbag2 recording (mcap or sqlite3) of a camera and odometry. Every image

@@ -1,8 +1,8 @@
 """Camera frames with their poses from a rosbag2 recording (mcap or sqlite3), without a ROS install.
 
 ``vpr-build-map`` reads a recording here and hands each frame to the same
-:class:`~vpr_ros.map_builder.MapBuilder` the mapping node uses; the stamp matching is the node's
-:class:`~vpr_ros.pose_sync.ImagePosePairer`, fed in bag order with HEADER stamps (the bag
+:class:`~vpr_ros.mapping.map_builder.MapBuilder` the mapping node uses; the stamp matching is the node's
+:class:`~vpr_ros.io.pose_sync.ImagePosePairer`, fed in bag order with HEADER stamps (the bag
 timestamp is the receive time, which lags by the transport delay). Images are deserialized but
 not decoded: :meth:`Frame.rgb` decodes on demand, so frames that keyframe selection skips cost no
 JPEG decode.
@@ -31,8 +31,8 @@ from rosbags.typesys import Stores, get_typestore
 
 from vpr_ros.errors import InputError
 from vpr_ros.geometry import compose, parse_extrinsic
-from vpr_ros.image_codec import message_to_rgb
-from vpr_ros.pose_sync import ImagePosePairer, Pair, stamp_ns
+from vpr_ros.io.image_codec import message_to_rgb
+from vpr_ros.io.pose_sync import ImagePosePairer, Pair, stamp_ns
 
 __all__ = [
     "IMAGE_TYPES",
