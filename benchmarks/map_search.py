@@ -50,7 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vpr_ros.backends import create_backend  # noqa: E402
 from vpr_ros.bundle import load_bundle  # noqa: E402
-from vpr_ros.mapping.place_map import INDEX_DEFAULTS, PlaceMap, ivfpq_shape  # noqa: E402
+from vpr_ros.mapping.map_index import INDEX_DEFAULTS, ivfpq_shape  # noqa: E402
+from vpr_ros.mapping.place_map import PlaceMap  # noqa: E402
 
 WORLD_SIDES = ("database", "query")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

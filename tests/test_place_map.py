@@ -20,8 +20,9 @@ import pytest
 from vpr_ros.bundle import sha256_file
 from vpr_ros.errors import InputError
 from vpr_ros.io import fileio
-from vpr_ros.mapping import place_map as pm
-from vpr_ros.mapping.place_map import MapError, PlaceMap
+from vpr_ros.mapping import map_files as pm
+from vpr_ros.mapping.map_files import MapError
+from vpr_ros.mapping.place_map import PlaceMap, Session
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HASH = "sha256:" + "ab" * 32
@@ -110,15 +111,18 @@ def test_save_load_round_trip(tmp_path, index):
 def test_map_json_describes_the_map(tmp_path):
     make_map(20).save(tmp_path / "map")
     meta = json.loads((tmp_path / "map" / "map.json").read_text())
-    assert meta["schema"] == "vpr_ros.place_map/1"
+    assert meta["schema"] == "vpr_ros.place_map/2"
     assert (meta["frame_id"], meta["descriptor_dim"], meta["keyframes"]) == ("odom", DIM, 20)
     assert meta["model"] == {"content_hash": HASH, "summary": "test"}
     assert meta["index"] == {"type": "flat"}
     assert sorted(meta["files"]) == ["descriptors.npy", "index.faiss", "keyframes.csv"]
     assert meta["created"].endswith("Z") and meta["travelled_m"] > 0
+    [session] = meta["sessions"]
+    assert session["name"] == "unnamed" and session["camera_extrinsic"] == [0, 0, 0, 0, 0, 0, 1]
+    assert session["keyframes"] == 20 and session["created"].endswith("Z")
     lines = (tmp_path / "map" / "keyframes.csv").read_text().splitlines()
-    assert lines[0] == "id,stamp_ns,x,y,z,qx,qy,qz,qw,source"
-    assert lines[1].startswith("0,1700000000123456789,") and lines[1].endswith(",run0.db3#0")
+    assert lines[0] == "id,stamp_ns,x,y,z,qx,qy,qz,qw,session,source"
+    assert lines[1].startswith("0,1700000000123456789,") and lines[1].endswith(",0,run0.db3#0")
 
 
 def test_flat_search_is_exact_and_pads_with_minus_one(tmp_path):
@@ -409,10 +413,10 @@ def test_missing_file(saved, name, no_faiss_reads):
 
 
 def test_other_schema(saved):
-    edit_meta(saved, schema="vpr_ros.place_map/2")
+    edit_meta(saved, schema="vpr_ros.place_map/1")
     with pytest.raises(
         MapError,
-        match=r"schema 'vpr_ros.place_map/2'; this vpr_ros reads 'vpr_ros.place_map/1'",
+        match=r"schema 'vpr_ros.place_map/1'; this vpr_ros reads 'vpr_ros.place_map/2'",
     ):
         PlaceMap.load(saved)
 
@@ -460,3 +464,88 @@ def test_unknown_index_parameter_in_map_json(saved):
     edit_meta(saved, index={"type": "flat", "nlist": 3})
     with pytest.raises(MapError, match="map.json: flat index has no parameter nlist"):
         PlaceMap.load(saved)
+
+
+# ---------------------------------------------------------------------- sessions
+
+
+CAMERA = (0.3, -0.1, 1.2, -0.5, 0.5, -0.5, 0.5)  # 0.3 m ahead, 1.2 m up, an optical frame
+
+
+def two_session_map() -> PlaceMap:
+    """Session "day" (identity camera, keyframes 0-9 along x) and "night" (CAMERA, 5 along y)."""
+    rng = np.random.default_rng(4)
+    place_map = PlaceMap(DIM, HASH, frame_id="map")
+    day = place_map.add_session(Session("day"))
+    night = place_map.add_session(Session("night", CAMERA))
+    identity = np.tile([0.0, 0.0, 0.0, 1.0], (10, 1))
+    place_map.add(unit_rows(rng, 10), np.arange(10), np.c_[np.arange(10.0), np.zeros((10, 2))], identity,
+                  session=day)  # fmt: skip
+    place_map.add(unit_rows(rng, 5), np.arange(5), np.c_[np.zeros(5), np.arange(5.0), np.zeros(5)],
+                  identity[:5], session=night)  # fmt: skip
+    return place_map
+
+
+def test_sessions_keep_their_camera_and_keyframes_through_a_save(tmp_path):
+    original = two_session_map()
+    original.save(tmp_path / "map")
+    loaded = PlaceMap.load(tmp_path / "map")
+    assert [s.name for s in loaded.sessions] == ["day", "night"]
+    assert loaded.sessions[1].camera_extrinsic == CAMERA and loaded.sessions[0].created.endswith("Z")
+    np.testing.assert_array_equal(loaded.session_ids, [0] * 10 + [1] * 5)
+    assert loaded.session_counts().tolist() == [10, 5]
+    # 9 m along the first session and 4 m along the second; the jump between them is not travel
+    assert loaded.travelled_m == pytest.approx(13.0)
+    meta = json.loads((tmp_path / "map" / "map.json").read_text())
+    assert [s["keyframes"] for s in meta["sessions"]] == [10, 5]
+
+
+def test_camera_poses_compose_the_base_pose_with_the_sessions_extrinsic():
+    place_map = two_session_map()
+    positions, orientations = place_map.camera_poses(np.array([2, 12]))
+    np.testing.assert_allclose(positions, [[2, 0, 0], [0.3, 1.9, 1.2]], atol=1e-12)  # day: camera at base
+    np.testing.assert_allclose(orientations, [[0, 0, 0, 1], [-0.5, 0.5, -0.5, 0.5]], atol=1e-12)
+    extrinsic_positions, _ = place_map.extrinsics()
+    assert extrinsic_positions.shape == (15, 3) and np.all(extrinsic_positions[10:] == CAMERA[:3])
+
+
+def test_extend_appends_sessions_and_refuses_other_models_or_frames():
+    merged = two_session_map()
+    merged.extend(two_session_map())
+    assert len(merged) == 30 and [s.name for s in merged.sessions] == ["day", "night", "day", "night"]
+    np.testing.assert_array_equal(merged.session_ids[15:], [2] * 10 + [3] * 5)
+    sims, ids = merged.search(merged.descriptors[20], 2)
+    assert set(ids[0].tolist()) == {5, 20}  # the same descriptor in both copies
+    for other, reason in ((PlaceMap(DIM, OTHER_HASH, "map"), "different models"),
+                          (PlaceMap(DIM, HASH, "odom"), "different frames")):  # fmt: skip
+        other.add(unit_rows(np.random.default_rng(0), 1), 0, [0, 0, 0], [0, 0, 0, 1])
+        with pytest.raises(MapError, match=reason):
+            merged.extend(other)
+        assert len(merged) == 30 and len(merged.sessions) == 4
+
+
+def test_select_keeps_the_chosen_keyframes_and_drops_empty_sessions():
+    place_map = two_session_map()
+    cropped = place_map.select(place_map.positions[:, 0] >= 3)  # day keyframes 3-9; no night one
+    assert len(cropped) == 7 and [s.name for s in cropped.sessions] == ["day"]
+    np.testing.assert_array_equal(cropped.descriptors, place_map.descriptors[3:10])
+    with pytest.raises(InputError, match="15 booleans"):
+        place_map.select(np.ones(3, bool))
+
+
+def test_keyframes_of_a_session_that_does_not_exist_are_refused():
+    place_map = two_session_map()
+    with pytest.raises(InputError, match="session 2 does not exist"):
+        place_map.add(place_map.descriptors[0], 0, [0, 0, 0], [0, 0, 0, 1], session=2)
+    with pytest.raises(InputError, match="camera extrinsic"):
+        Session("bad", (0, 0, 0, 0, 0, 0, 0))
+    assert len(place_map) == 15
+
+
+def test_session_counts_that_disagree_with_the_keyframes_are_refused(tmp_path):
+    two_session_map().save(tmp_path / "map")
+    meta = json.loads((tmp_path / "map" / "map.json").read_text())
+    meta["sessions"][0]["keyframes"] = 9
+    (tmp_path / "map" / "map.json").write_text(json.dumps(meta))
+    with pytest.raises(MapError, match=r"lists \[9, 5\] keyframes per session, keyframes.csv has \[10, 5\]"):
+        PlaceMap.load(tmp_path / "map")

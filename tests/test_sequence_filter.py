@@ -257,3 +257,19 @@ def test_a_frame_without_search_results_is_a_programming_error():
     filt = chain_filter(10)
     with pytest.raises(ValueError):
         filt.update(np.array([-1, -1]), np.array([0.0, 0.0]), lambda ids: np.zeros(len(ids)), None)
+
+
+def test_a_new_map_session_starts_a_new_run_of_travel_directions():
+    """Session 0 drives east along y = 0 to x = 10; session 1 starts 2 m further and drives north.
+    Linked by distance alone, session 1's first keyframe would take its direction from session 0's
+    last one (27 deg off); the session column keeps each recording's own direction."""
+    east = np.stack([np.arange(11.0), np.zeros(11), np.zeros(11)], axis=1)
+    north = np.stack([np.full(6, 12.0), np.arange(6.0), np.zeros(6)], axis=1)
+    positions = np.concatenate([east, north])
+    orientations = np.tile([0.0, 0.0, 0.0, 1.0], (len(positions), 1))
+    sessions = np.array([0] * 11 + [1] * 6)
+    by_distance = KeyframeGraph.from_poses(positions, orientations, cell_m=2.0)
+    by_session = KeyframeGraph.from_poses(positions, orientations, cell_m=2.0, sessions=sessions)
+    np.testing.assert_allclose(by_session.directions[11], [0.0, 1.0])
+    np.testing.assert_allclose(by_session.directions[10], [1.0, 0.0])
+    assert by_distance.directions[11] @ [0.0, 1.0] < math.cos(math.radians(20))

@@ -47,8 +47,8 @@ def add_bag_topic_arguments(parser: argparse.ArgumentParser, pose_help: str, syn
     )
     parser.add_argument(
         "--pose-topic",
-        help=f"{pose_help}: nav_msgs/Odometry, PoseStamped or PoseWithCovarianceStamped "
-        "(default: the only one)",
+        help=f"{pose_help}: nav_msgs/Odometry, PoseStamped or PoseWithCovarianceStamped (default: the "
+        "only one), or /tf for the pose of a base frame looked up in TF",
     )
     parser.add_argument(
         "--sync-tolerance",

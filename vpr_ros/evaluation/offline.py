@@ -178,7 +178,9 @@ def _evaluate(args: argparse.Namespace) -> str:
     tracker = None
     if sequence_config is not None:
         place_map = inputs.place_map
-        tracker = SequenceTracker(place_map.positions, place_map.orientations, sequence_config)
+        tracker = SequenceTracker(
+            place_map.positions, place_map.orientations, sequence_config, place_map.session_ids
+        )
     filtered = FilteredLog(tracker, args.sequence_motion, "negative_sad" if baseline else "cosine")
     if baseline:
         log = _raw_pixel_answers(inputs, args, frames, truth, filtered)

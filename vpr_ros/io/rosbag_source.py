@@ -7,9 +7,16 @@ timestamp is the receive time, which lags by the transport delay). Images are de
 not decoded: :meth:`Frame.rgb` decodes on demand, so frames that keyframe selection skips cost no
 JPEG decode.
 
+A robot whose pose is only on TF (``map -> odom -> base_link`` on /tf, mounts on /tf_static) is
+read with ``pose_topic="/tf"``: the transforms go into a :class:`~vpr_ros.io.tf_buffer.TransformBuffer`
+and each image gets the pose of the base frame in the map frame interpolated at its header stamp
+(:class:`~vpr_ros.io.tf_buffer.ImageTransformPairer`). /tf_static is read first, in a pass of its
+own: a recorder gets the latched static transforms whenever it subscribes, often after the first
+images, and they hold at every stamp.
+
 Messages are read with ``rosbags``; bags that embed their message definitions are read with
 those, others with the ROS 2 Kilted typestore (Image, Odometry and the pose types are identical
-across Humble, Jazzy and Kilted). Every problem with the recording
+across Humble, Jazzy and Kilted; Kilted has tf2_msgs). Every problem with the recording
 is an :class:`~vpr_ros.errors.InputError` naming the bag and what to do.
 """
 
@@ -30,13 +37,14 @@ from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_typestore
 
 from vpr_ros.errors import InputError
-from vpr_ros.geometry import compose, parse_extrinsic
 from vpr_ros.io.image_codec import message_to_rgb
 from vpr_ros.io.pose_sync import ImagePosePairer, Pair, stamp_ns
+from vpr_ros.io.tf_buffer import ImageTransformPairer, TransformBuffer, clean_frame_id
 
 __all__ = [
     "IMAGE_TYPES",
     "POSE_TYPES",
+    "TF_TOPIC",
     "BagInfo",
     "Frame",
     "FrameStream",
@@ -48,7 +56,6 @@ __all__ = [
     "frame_source",
     "iter_frames",
     "iter_raw",
-    "parse_extrinsic",
     "parse_frame_source",
     "topic_listing",
 ]
@@ -61,6 +68,9 @@ POSE_TYPES = (
     "geometry_msgs/msg/PoseStamped",
     "geometry_msgs/msg/PoseWithCovarianceStamped",
 )
+TF_TOPIC = "/tf"  # as a pose topic: poses from TF (asked for, never chosen)
+TF_STATIC_TOPIC = "/tf_static"
+TF_TYPE = "tf2_msgs/msg/TFMessage"
 _READ_ERRORS = (AnyReaderError, ReaderError, SerdeError)
 
 
@@ -79,8 +89,9 @@ class BagInfo:
 
 @dataclass(frozen=True)
 class Frame:
-    """One image paired with its (camera) pose. ``index`` counts the image topic's messages from 0;
-    ``message`` is the deserialized image message, decoded by :meth:`rgb` only when needed."""
+    """One image paired with the robot's pose at its stamp. ``index`` counts the image topic's
+    messages from 0; ``message`` is the deserialized image message, decoded by :meth:`rgb` only
+    when needed."""
 
     index: int
     stamp_ns: int
@@ -158,10 +169,25 @@ def choose_topics(
     topics: dict[str, str], image_topic: str | None = None, pose_topic: str | None = None
 ) -> tuple[str, str, str, str]:
     """``(image_topic, image_type, pose_topic, pose_type)``: the given topics (checked) or the only
-    topic of each kind. Absence or ambiguity is an InputError listing the bag's topics."""
+    topic of each kind; ``pose_topic`` /tf (never chosen unasked) is TF's tf2_msgs/msg/TFMessage.
+    Absence or ambiguity is an InputError listing the bag's topics."""
     image = choose_topic(topics, image_topic, IMAGE_TYPES, "image")
-    pose = choose_topic(topics, pose_topic, POSE_TYPES, "pose")
+    try:
+        pose = choose_topic(topics, pose_topic, (TF_TYPE,) if pose_topic == TF_TOPIC else POSE_TYPES, "pose")
+    except InputError as exc:
+        if pose_topic is None and topics.get(TF_TOPIC) == TF_TYPE:
+            raise InputError(f"{exc}; for poses on TF pass --pose-topic {TF_TOPIC}") from None
+        raise
     return (*image, *pose)
+
+
+def _map_frame(map_frame: str | None) -> str:
+    """The frame poses on /tf are looked up in: TF has no single pose frame, so it must be named."""
+    if map_frame is None:
+        raise InputError(
+            f"poses on {TF_TOPIC} need a map frame: the frame to look the robot's base frame up in (e.g. map)"
+        )
+    return clean_frame_id(map_frame, "map frame id")
 
 
 def _pose_of(msg: Any, msgtype: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -171,10 +197,18 @@ def _pose_of(msg: Any, msgtype: str) -> tuple[tuple[float, ...], tuple[float, ..
     return (p.x, p.y, p.z), (q.x, q.y, q.z, q.w)
 
 
-def bag_info(path: Path | str, image_topic: str | None = None, pose_topic: str | None = None) -> BagInfo:
-    """Topics (see :func:`choose_topics`), the image count and the first pose's frame_id: what a
-    build checks and sets up before reading frames. Reads one pose message, not the images."""
+def bag_info(
+    path: Path | str,
+    image_topic: str | None = None,
+    pose_topic: str | None = None,
+    *,
+    map_frame: str | None = None,
+) -> BagInfo:
+    """Topics (see :func:`choose_topics`), the image count and the first pose's frame_id (with
+    ``pose_topic`` /tf: ``map_frame``, which it requires): what a build checks and sets up before
+    reading frames. Reads one pose message, not the images."""
     path = Path(path)
+    tf_frame = _map_frame(map_frame) if pose_topic == TF_TOPIC else None
     with open_bag(path) as reader:
         topics = {c.topic: c.msgtype for c in reader.connections}
         try:
@@ -187,7 +221,7 @@ def bag_info(path: Path | str, image_topic: str | None = None, pose_topic: str |
         if first is None or image_count == 0:
             empty = pose_topic if first is None else image_topic
             raise InputError(f"bag {path}: topic {empty} has no messages")
-        frame_id = reader.deserialize(first[2], first[0].msgtype).header.frame_id
+        frame_id = tf_frame or reader.deserialize(first[2], first[0].msgtype).header.frame_id
     return BagInfo(path, image_topic, image_type, pose_topic, pose_type, image_count, frame_id)
 
 
@@ -240,7 +274,9 @@ class FrameStream(Iterator[Frame]):
     """Frames of a bag in bag order (see :func:`iter_frames`), with counters for the summary:
     ``images_read`` / ``poses_read`` (messages on each topic so far), ``bad_poses`` (pose messages
     skipped as non-finite or with a zero quaternion) and the pairer's ``paired`` / ``dropped_*``
-    counts."""
+    counts. With poses from TF, ``poses_read`` counts /tf and /tf_static messages, ``bad_poses``
+    the transforms in them skipped as invalid, and the pairer is an
+    :class:`~vpr_ros.io.tf_buffer.ImageTransformPairer` (same counters)."""
 
     def __init__(
         self,
@@ -248,13 +284,18 @@ class FrameStream(Iterator[Frame]):
         image_topic: str,
         pose_topic: str,
         tolerance_s: float,
-        extrinsic: str | Sequence[float] | None = None,
+        *,
+        map_frame: str | None = None,
+        base_frame: str = "base_link",
     ) -> None:
         self.path = Path(path)
         self.image_topic = image_topic
         self.pose_topic = pose_topic
-        self.extrinsic = None if extrinsic is None else parse_extrinsic(extrinsic)
-        self.pairer = ImagePosePairer(tolerance_s)
+        self.pairer: ImagePosePairer | ImageTransformPairer = (
+            ImageTransformPairer(TransformBuffer(), _map_frame(map_frame), base_frame)
+            if pose_topic == TF_TOPIC
+            else ImagePosePairer(tolerance_s)
+        )
         self.images_read = 0
         self.poses_read = 0
         self.bad_poses = 0
@@ -270,20 +311,29 @@ class FrameStream(Iterator[Frame]):
                 choose_topics(topics, self.image_topic, self.pose_topic)
             except InputError as exc:
                 raise InputError(f"bag {self.path}: {exc}") from None
+            tf = self.pairer if isinstance(self.pairer, ImageTransformPairer) else None
+            static = [c for c in reader.connections if c.topic == TF_STATIC_TOPIC and c.msgtype == TF_TYPE]
+            if tf is not None and static:  # an empty list would read every topic
+                for connection, _, raw in reader.messages(connections=static):
+                    self._add_transforms(tf, reader.deserialize(raw, connection.msgtype), static=True)
             wanted = [c for c in reader.connections if c.topic in (self.image_topic, self.pose_topic)]
             previous_stamp = None
             for connection, _, raw in reader.messages(connections=wanted):
                 msg = reader.deserialize(raw, connection.msgtype)
-                stamp = stamp_ns(msg.header)
-                if connection.topic == self.pose_topic:
-                    pairs = self._add_pose(stamp, msg, connection.msgtype)
-                else:
+                if connection.topic == self.image_topic:
+                    stamp = stamp_ns(msg.header)
                     check_increasing(self.path, self.image_topic, self.images_read, previous_stamp, stamp)
                     previous_stamp = stamp
                     pairs = self.pairer.add_image(stamp, (self.images_read, msg))
                     self.images_read += 1
+                elif tf is not None:
+                    pairs = self._add_transforms(tf, msg, static=False)
+                else:
+                    pairs = self._add_pose(stamp_ns(msg.header), msg, connection.msgtype)
                 yield from map(self._frame, pairs)
             yield from map(self._frame, self.pairer.flush())
+            if tf is not None:
+                self._check_transforms(tf)
 
     def _add_pose(self, stamp_ns: int, msg: Any, msgtype: str) -> list[Pair]:
         """Pairs the pose settles; a broken pose (NaN before a filter initialises) is skipped, the
@@ -300,13 +350,39 @@ class FrameStream(Iterator[Frame]):
                 )  # fmt: skip
             return []
 
+    def _add_transforms(self, tf: ImageTransformPairer, msg: Any, static: bool) -> list[Pair]:
+        """Pairs a TF message settles; its invalid transforms are skipped, the first one said in a
+        warning, the others only counted (``bad_poses``)."""
+        self.poses_read += 1
+        pairs = tf.add_transforms(msg, static)
+        if tf.buffer.rejected and not self.bad_poses:
+            log.warning(
+                "bag %s: transform on %s skipped: %s (further bad transforms are only counted)",
+                self.path, TF_STATIC_TOPIC if static else TF_TOPIC, tf.buffer.first_rejection,
+            )  # fmt: skip
+        self.bad_poses = tf.buffer.rejected
+        return pairs
+
+    def _check_transforms(self, tf: ImageTransformPairer) -> None:
+        """After the bag: no image with a pose is an InputError that names the frames TF has."""
+        if tf.paired or not self.images_read:
+            return
+        frames = tf.buffer.frames()
+        tree = f"the tree has frames {', '.join(frames)}" if frames else "the bag has no valid transforms"
+        missing = " and ".join(repr(f) for f in (tf.target, tf.source) if f not in tf.buffer)
+        why = (
+            f"no frame {missing}"
+            if missing
+            else f"none at its {self.images_read} image stamps ({tf.last_failure})"
+        )
+        raise InputError(
+            f"bag {self.path}: no transform from {tf.target!r} to {tf.source!r} on {TF_TOPIC}: {why}; {tree}"
+        )
+
     def _frame(self, pair: Pair) -> Frame:
         index, msg = pair.payload
-        position, orientation = pair.position, pair.orientation
-        if self.extrinsic is not None:
-            position, orientation = compose(position, orientation, *self.extrinsic)
         source = frame_source(self.path, self.image_topic, index)
-        return Frame(index, pair.stamp_ns, position, orientation, pair.pose_stamp_ns, msg, source)
+        return Frame(index, pair.stamp_ns, pair.position, pair.orientation, pair.pose_stamp_ns, msg, source)
 
 
 def iter_frames(
@@ -314,10 +390,17 @@ def iter_frames(
     image_topic: str,
     pose_topic: str,
     tolerance_s: float,
-    extrinsic: str | Sequence[float] | None = None,
+    *,
+    map_frame: str | None = None,
+    base_frame: str = "base_link",
 ) -> FrameStream:
     """Frames of ``image_topic`` paired with ``pose_topic`` (HEADER stamps, within ``tolerance_s``),
-    in bag order. With ``extrinsic`` (base-to-camera ``x y z qx qy qz qw``) a frame's pose is the
-    camera's: pose o extrinsic. Image stamps that repeat or go back raise InputError when reached;
-    images without a pose are counted by ``stream.pairer`` and skipped."""
-    return FrameStream(path, image_topic, pose_topic, tolerance_s, extrinsic)
+    in bag order; a frame's pose is the robot's (the pose topic's), the camera extrinsic is the
+    map session's business. Image stamps that repeat or go back raise InputError when reached;
+    images without a pose are counted by ``stream.pairer`` and skipped.
+
+    ``pose_topic`` /tf reads poses from TF: a frame's pose is ``base_frame``'s in ``map_frame``
+    (required) at the image stamp, interpolated as tf2 does (``tolerance_s`` does not apply), with
+    /tf_static's transforms at every stamp. A bag in which no image gets a pose raises InputError
+    at the end, naming the frames its TF has."""
+    return FrameStream(path, image_topic, pose_topic, tolerance_s, map_frame=map_frame, base_frame=base_frame)

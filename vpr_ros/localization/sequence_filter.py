@@ -171,8 +171,10 @@ class KeyframeGraph:
     """Keyframe positions (x, y) and travel directions, sorted into a uniform grid of ``cell_m``.
 
     A keyframe's travel direction is that of the mapping run through it (central difference of its
-    neighbours in map order within one run; a jump of more than ``session_gap`` times the median
-    spacing starts a new run); where the run stood still it falls back to the keyframe's yaw.
+    neighbours in map order within one run; a new map session, or a jump of more than
+    ``session_gap`` times the median spacing, starts a new run); where the run stood still it falls
+    back to the keyframe's yaw. Trajectories step from keyframe to keyframe by position, so they
+    cross from one session's keyframes to another's wherever the sessions pass the same places.
     """
 
     def __init__(self, positions: np.ndarray, directions: np.ndarray, cell_m: float) -> None:
@@ -189,10 +191,17 @@ class KeyframeGraph:
 
     @classmethod
     def from_poses(
-        cls, positions: np.ndarray, orientations: np.ndarray, cell_m: float, session_gap: float = 5.0
+        cls,
+        positions: np.ndarray,
+        orientations: np.ndarray,
+        cell_m: float,
+        session_gap: float = 5.0,
+        sessions: np.ndarray | None = None,
     ) -> KeyframeGraph:
+        """The graph of a map's keyframes; ``sessions`` (int [N], the map's session ids) ends a run
+        where a new session starts."""
         xy = np.asarray(positions, dtype=np.float64)[:, :2]
-        return cls(xy, _travel_directions(xy, orientations, session_gap), cell_m)
+        return cls(xy, _travel_directions(xy, orientations, session_gap, sessions), cell_m)
 
     @classmethod
     def chain(cls, n: int) -> KeyframeGraph:
@@ -242,7 +251,9 @@ def _cell_key(cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
     return (cx + (1 << 31)) * (1 << 32) + (cy + (1 << 31))
 
 
-def _travel_directions(xy: np.ndarray, orientations: np.ndarray, session_gap: float) -> np.ndarray:
+def _travel_directions(
+    xy: np.ndarray, orientations: np.ndarray, session_gap: float, sessions: np.ndarray | None
+) -> np.ndarray:
     n = len(xy)
     yaws = np.asarray(yaw_of(np.asarray(orientations, dtype=np.float64))).reshape(n)
     directions = np.stack([np.cos(yaws), np.sin(yaws)], axis=1)
@@ -251,6 +262,8 @@ def _travel_directions(xy: np.ndarray, orientations: np.ndarray, session_gap: fl
     steps = np.linalg.norm(np.diff(xy, axis=0), axis=1)
     moving = steps[steps > 1e-6]
     linked = steps <= session_gap * (float(np.median(moving)) if len(moving) else 1.0)
+    if sessions is not None:
+        linked &= np.diff(np.asarray(sessions)) == 0
     ahead = np.where(np.append(linked, False)[:, None], np.vstack([xy[1:], xy[-1:]]), xy)
     behind = np.where(np.insert(linked, 0, False)[:, None], np.vstack([xy[:1], xy[:-1]]), xy)
     delta = ahead - behind
@@ -524,9 +537,16 @@ class SequenceTracker:
     earlier pose's frame) or, without odometry, from the time between image stamps. A frame whose
     stamp does not move forward restarts the sequence (a replayed or reordered stream)."""
 
-    def __init__(self, positions: np.ndarray, orientations: np.ndarray, settings: SequenceSettings) -> None:
+    def __init__(
+        self,
+        positions: np.ndarray,
+        orientations: np.ndarray,
+        settings: SequenceSettings,
+        sessions: np.ndarray | None = None,
+    ) -> None:
         cell = max(settings.snap_radius_m, settings.contrast_radius_m / 2)
-        self.filter = SequenceFilter(KeyframeGraph.from_poses(positions, orientations, cell), settings)
+        graph = KeyframeGraph.from_poses(positions, orientations, cell, sessions=sessions)
+        self.filter = SequenceFilter(graph, settings)
         self._last: tuple[int, np.ndarray | None, float] | None = None  # stamp, xy, yaw
 
     def reset(self) -> None:

@@ -21,7 +21,8 @@ import numpy as np
 from vpr_ros.backends.base import EmbeddingBackend
 from vpr_ros.io.image_codec import ImageConversionError
 from vpr_ros.mapping.keyframes import KeyframeSelector
-from vpr_ros.mapping.place_map import MapError, PlaceMap
+from vpr_ros.mapping.map_files import MapError
+from vpr_ros.mapping.place_map import PlaceMap
 
 __all__ = ["MapBuilder"]
 
@@ -38,7 +39,8 @@ class _Keyframe:
 
 
 class MapBuilder:
-    """Adds the keyframes of a stream of posed frames to ``place_map``.
+    """Adds the keyframes of a stream of frames with the robot's poses to ``place_map``'s newest
+    session (start one with :meth:`PlaceMap.add_session` first).
 
     ``backend`` must run the model the map was created for (same bundle hash and descriptor dim),
     checked here so a mismatch fails before the first frame rather than at save or query time.
@@ -64,6 +66,7 @@ class MapBuilder:
         self.selector = selector
         self.batch_size = batch_size
         self.frames_seen = 0
+        self.added = 0
         self.undecodable = 0
         self._pending: list[_Keyframe] = []
         self._started: float | None = None
@@ -121,15 +124,18 @@ class MapBuilder:
             np.stack([k.orientation for k in pending]),
             sources=[k.source for k in pending],
         )
+        self.added += len(ids)
         self._last_active = time.perf_counter()
         return np.asarray(ids)
 
     def summary(self) -> dict[str, Any]:
-        """Counts and rates so far: ``keyframes`` and ``travelled_m`` are the map's (call
-        :meth:`flush` first for the final numbers; ``pending`` keyframes are not in the map yet)."""
+        """Counts and rates so far: ``added`` keyframes by this builder, ``keyframes`` and
+        ``travelled_m`` of the whole map (call :meth:`flush` first for the final numbers; ``pending``
+        keyframes are not in the map yet)."""
         seconds = 0.0 if self._started is None else self._last_active - self._started
         return {
             "frames_seen": self.frames_seen,
+            "added": self.added,
             "keyframes": len(self.place_map),
             "pending": len(self._pending),
             "undecodable": self.undecodable,
