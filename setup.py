@@ -87,6 +87,7 @@ setup(
             "vpr-train = training.cli:main",
             "vpr-build-engine = vpr_ros.trt.build_engine:main",
             "vpr-build-map = vpr_ros.mapping.build_map:main",
+            "vpr-map = vpr_ros.mapping.map_tool:main",
             "vpr-eval = vpr_ros.evaluation.offline:main",
             "vpr-bench = vpr_ros.evaluation.bench:main",
             "vpr-replay = vpr_ros.evaluation.replay:main",
