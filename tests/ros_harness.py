@@ -6,9 +6,11 @@ processes talking real DDS (tests/conftest.py isolates the domain).
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -107,3 +109,46 @@ def stamp_of(msg: Any) -> int:
     from vpr_ros.io.pose_sync import stamp_ns
 
     return stamp_ns(msg.header)
+
+
+def frames(bag: Path) -> list:
+    from vpr_ros.io.rosbag_source import bag_topics, choose_topics, iter_frames
+
+    image_topic, _, pose_topic, _ = choose_topics(bag_topics(bag))
+    return list(iter_frames(bag, image_topic, pose_topic, 0.05))
+
+
+def node_args(
+    module: str, *params: str, remaps: tuple[str, ...] = ("image:=/cam/image",), namespace: str = "/vpr"
+) -> list[str]:
+    args = ["-m", module, "--ros-args", "-r", f"__ns:={namespace}"]
+    for remap in remaps:
+        args += ["-r", remap]
+    for param in ("model.backend:=onnxruntime", *params):
+        args += ["-p", param]
+    return args
+
+
+def output_of(process) -> str:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        return process.communicate(timeout=20)[0]
+    except Exception:
+        process.kill()
+        return process.communicate()[0]
+
+
+def localizer_args(bundle: Path, day_map: Path, *params: str) -> list[str]:
+    """The localizer on the test town's day map, images on /cam/image."""
+    return node_args("vpr_ros.nodes.localizer", f"model.bundle_dir:={bundle}", f"map.dir:={day_map}", *params)
+
+
+def send_until_answered(ros: RosHarness, pub, msg, matches: list, proc, timeout_s: float = 20.0) -> None:
+    """Publish ``msg`` and again every second until a new match table arrives: best effort may lose
+    it, and the first frames can go out before the node's side of discovery is done."""
+    before, deadline = len(matches), time.monotonic() + timeout_s
+    pub.publish(msg)
+    while not ros.spin_until(lambda: len(matches) > before, 1.0, proc):
+        assert time.monotonic() < deadline and proc.poll() is None, output_of(proc)
+        pub.publish(msg)

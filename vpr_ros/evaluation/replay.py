@@ -123,7 +123,7 @@ def _sequence_params(args: argparse.Namespace, info: BagInfo) -> dict[str, P.Val
                 f"--sequence-motion pose needs nav_msgs/Odometry on {info.pose_topic}, "
                 f"the bag has {info.pose_type}"
             )
-        params["sequence.odom_topic"] = info.pose_topic
+        params["odometry.source"], params["odometry.topic"] = "topic", info.pose_topic
     return params
 
 

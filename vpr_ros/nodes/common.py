@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -44,6 +45,8 @@ LATCHED_QOS = QoSProfile(
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
 RESULT_QOS = 10  # reliable, keep last 10
+# Image intake, a blocking service (~/relocalize waits for a fix) and the timers each get a thread.
+EXECUTOR_THREADS = 4
 
 
 class LatencyWindow:
@@ -62,8 +65,10 @@ class LatencyWindow:
 class VprNode(LifecycleNode):
     """Parameters, image subscription, stale-input warning and diagnostics for both nodes.
 
-    Subclasses implement ``load`` (configure), ``on_image`` (activated input), ``status`` (the
-    diagnostics level, message and values) and may override ``release``.
+    Subclasses implement ``load`` (configure), ``on_image`` (activated input, with the index of
+    the camera in :meth:`image_topic_names`), ``status`` (the diagnostics level, message and values)
+    and may override ``release``. Image intake has its own callback group, so a slow service or
+    timer never holds a frame back (and the node's executor has threads for both).
     """
 
     PARAMS: tuple[P.Param, ...] = ()
@@ -76,7 +81,9 @@ class VprNode(LifecycleNode):
         self.config: dict[str, P.Value] = {}
         self.bundle = None  # load_model
         self.backend = None
-        self._image_sub = None
+        self._image_subs: list[Any] = []
+        self.image_topics: list[str] = []
+        self.intake_group = MutuallyExclusiveCallbackGroup()
         self._last_image = time.monotonic()
         self._stale_timer = None
         self._diag_timer = None
@@ -110,11 +117,12 @@ class VprNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
-        for attr in ("_image_sub", "_stale_timer"):
-            handle = getattr(self, attr)
-            if handle is not None:
-                (self.destroy_subscription if attr == "_image_sub" else self.destroy_timer)(handle)
-                setattr(self, attr, None)
+        for subscription in self._image_subs:
+            self.destroy_subscription(subscription)
+        self._image_subs = []
+        if self._stale_timer is not None:
+            self.destroy_timer(self._stale_timer)
+            self._stale_timer = None
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
@@ -150,8 +158,12 @@ class VprNode(LifecycleNode):
     def release(self) -> None:
         """Drop the model and map (cleanup)."""
 
-    def on_image(self, msg: Image | CompressedImage) -> None:
+    def on_image(self, msg: Image | CompressedImage, camera: int) -> None:
         raise NotImplementedError
+
+    def image_topic_names(self) -> list[str]:
+        """The image topics to subscribe to (before remapping and the compressed suffix)."""
+        return ["image"]
 
     def status(self) -> tuple[bytes, str, dict[str, Any]]:
         raise NotImplementedError
@@ -162,23 +174,38 @@ class VprNode(LifecycleNode):
         compressed = self.config["input.transport"] == "compressed"
         # A remap of 'image' does not rename 'image/compressed' (remaps match whole names), so the
         # compressed topic is derived from the resolved image topic, as image_transport does.
-        topic = self.resolve_topic_name("image") + ("/compressed" if compressed else "")
-        self.image_topic = topic
-        self._image_sub = self.create_subscription(
-            CompressedImage if compressed else Image, topic, self._receive, self.IMAGE_QOS
-        )
-        self.get_logger().info(f"listening to {topic} (best effort, depth {self.IMAGE_QOS.depth})")
+        self.image_topics = [
+            self.resolve_topic_name(name) + ("/compressed" if compressed else "")
+            for name in self.image_topic_names()
+        ]
+        for camera, topic in enumerate(self.image_topics):
+            self._image_subs.append(
+                self.create_subscription(
+                    CompressedImage if compressed else Image,
+                    topic,
+                    lambda msg, camera=camera: self._receive(msg, camera),
+                    self.IMAGE_QOS,
+                    callback_group=self.intake_group,
+                )
+            )
+        listening = ", ".join(self.image_topics)
+        self.get_logger().info(f"listening to {listening} (best effort, depth {self.IMAGE_QOS.depth})")
 
-    def _receive(self, msg: Image | CompressedImage) -> None:
+    @property
+    def image_topic(self) -> str:
+        """The first (for the mapper: the only) image topic, resolved."""
+        return self.image_topics[0]
+
+    def _receive(self, msg: Image | CompressedImage, camera: int) -> None:
         self.received += 1
         self._last_image = time.monotonic()
-        self.on_image(msg)
+        self.on_image(msg, camera)
 
     def _check_stale(self) -> None:
         idle = time.monotonic() - self._last_image
         if idle >= float(self.config["input.stale_warn_s"]):
             self.get_logger().warning(
-                f"no image on {self.image_topic} for {idle:.0f} s (subscribed best effort, "
+                f"no image on {', '.join(self.image_topics)} for {idle:.0f} s (subscribed best effort, "
                 f"depth {self.IMAGE_QOS.depth}; "
                 "check the topic name, remaps and the publisher's QoS)"
             )
@@ -223,7 +250,7 @@ def run(make_node: Callable[[], VprNode], args: list[str] | None, on_exit: Calla
                 print(f"{node.get_name()}: {node.configure_error}", file=sys.stderr)
                 return 1
             node.trigger_activate()
-        executor = MultiThreadedExecutor(num_threads=2)
+        executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -1,24 +1,28 @@
 """``vpr_localizer``: which mapped place is this camera frame, and where is the robot.
 
-Per frame: decode (any common encoding, raw or compressed) -> embed with the model bundle ->
-search the place map's top-k -> pose from the matches (top-1 or kNN Gaussian voting) -> publish,
-stamped with the image's stamp in the map frame:
+Per time step (the newest frame of each camera in ``input.image_topics``): decode (any common
+encoding, raw or compressed) -> embed the frames in one batch -> per camera: search the place map's
+top-k, the sequence filter (``sequence.enabled``), pose from the matches (top-1 or kNN voting),
+moved to the robot's base with the camera's extrinsic -> fuse the cameras (the best answer,
+:mod:`vpr_ros.localization.frame_answer`) -> publish, stamped with that camera's image stamp in the
+map frame:
 
-- ``~/pose`` (geometry_msgs/PoseWithCovarianceStamped): only for accepted frames;
-- ``~/matches`` (sensor_msgs/PointCloud2 match table, ``vpr_ros.io.match_table``): every processed
-  frame, refusals included (``accepted = 0``), so "unknown place" is explicit;
+- ``~/pose`` (geometry_msgs/PoseWithCovarianceStamped): ``frames.base``'s pose (REP 105), only for
+  accepted frames;
+- ``~/matches`` (sensor_msgs/PointCloud2 match table, ``vpr_ros.io.match_table``): every time
+  step, refusals included (``accepted = 0``), so "unknown place" is explicit; the frame's own top-k
+  (``filtered = 0``) then, when the filter answered, its place (``filtered = 1``);
 - ``~/markers`` (current match), ``~/map_markers`` and ``~/keyframes`` (latched map layers), and
-  ``/diagnostics``.
+  ``/diagnostics``;
+- on a fix (:mod:`vpr_ros.nodes.robot_outputs`): ``map -> odom`` on /tf and ``/initialpose``, each
+  optional; ``~/relocalize`` waits for one.
 
-With ``sequence.enabled`` the pose, the unknown-place decision (the filter's confidence against the
-threshold) and the match table's ``filtered`` rows come from the sequence filter over the last
-``sequence.length`` frames (:mod:`vpr_ros.localization.sequence_filter`; odometry from
-``sequence.odom_topic`` when set); the table still carries the frame's own top-k (``filtered = 0``).
-``~/reset_sequence`` (Trigger) forgets the history, e.g. after the robot was carried elsewhere.
+Odometry (``odometry.source``: a nav_msgs/Odometry topic or TF ``frames.odom -> frames.base``) gives
+the sequence filter the distance moved between frames and the fix check and ``map -> odom`` the
+robot's odometry pose at each image's stamp. ``~/reset_sequence`` (Trigger) forgets the history.
 
-The image callback only stores the newest frame in a one-slot mailbox; a worker thread takes it.
-A backend slower than the camera therefore always works on the newest frame and the overwritten
-ones are counted as dropped, never queued (depth-1 QoS does the same inside DDS).
+The image callbacks only store the newest frame of each camera (:class:`Mailboxes`); a worker thread
+takes them. A backend slower than the cameras therefore always works on the newest frames.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from collections import deque
 from typing import Any
 
 import faiss
@@ -40,74 +43,20 @@ from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
 from vpr_ros.errors import InputError
-from vpr_ros.io import match_table
+from vpr_ros.geometry import parse_extrinsic
 from vpr_ros.io.image_codec import ImageConversionError, message_to_rgb
 from vpr_ros.io.pose_sync import stamp_ns
-from vpr_ros.localization.pose_estimate import estimate_pose, resolve_threshold
-from vpr_ros.localization.sequence_filter import (
-    SequenceSettings,
-    SequenceTracker,
-    cosine_scorer,
-)
+from vpr_ros.localization.frame_answer import CameraAnswer, EstimateSettings, FrameAnswerer, fuse
+from vpr_ros.localization.pose_estimate import resolve_threshold
+from vpr_ros.localization.robot_pose import Pose
+from vpr_ros.localization.sequence_filter import SequenceSettings
 from vpr_ros.mapping.place_map import PlaceMap
 from vpr_ros.nodes import messages
 from vpr_ros.nodes import params as P
 from vpr_ros.nodes.common import LATCHED_QOS, RESULT_QOS, LatencyWindow, VprNode, run
-
-
-class Mailbox:
-    """Holds the newest frame; putting over an untaken one counts a drop."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._item: Any = None
-        self.dropped = 0
-        self.closed = False
-
-    def put(self, item: Any) -> None:
-        with self._cond:
-            if self._item is not None:
-                self.dropped += 1
-            self._item = (item, time.monotonic())
-            self._cond.notify()
-
-    def take(self, timeout: float = 0.5) -> Any:
-        with self._cond:
-            if self._item is None:
-                self._cond.wait(timeout)
-            item, self._item = self._item, None
-            return item
-
-    def close(self) -> None:
-        with self._cond:
-            self.closed = True
-            self._cond.notify_all()
-
-
-class OdometryHistory:
-    """The recent odometry poses, for the pose nearest an image's stamp (the image is not held
-    back waiting for odometry: without a pose close enough the filter falls back to time)."""
-
-    def __init__(self, size: int = 500) -> None:
-        self._lock = threading.Lock()
-        self._poses: deque[tuple[int, np.ndarray, np.ndarray]] = deque(maxlen=size)
-
-    def add(self, msg) -> None:
-        pose = msg.pose.pose
-        position = np.array([pose.position.x, pose.position.y, pose.position.z])
-        q = pose.orientation
-        orientation = np.array([q.x, q.y, q.z, q.w])
-        if np.all(np.isfinite(position)) and np.all(np.isfinite(orientation)):
-            with self._lock:
-                self._poses.append((stamp_ns(msg.header), position, orientation))
-
-    def nearest(self, stamp: int, tolerance_ns: int = 500_000_000) -> tuple[np.ndarray, np.ndarray] | None:
-        with self._lock:
-            poses = list(self._poses)
-        if not poses:
-            return None
-        best = min(poses, key=lambda pose: abs(pose[0] - stamp))
-        return (best[1], best[2]) if abs(best[0] - stamp) <= tolerance_ns else None
+from vpr_ros.nodes.frame_inputs import Mailboxes, OdometryHistory
+from vpr_ros.nodes.robot_outputs import RobotOutputs
+from vpr_ros.nodes.tf_io import TfListener
 
 
 class Localizer(VprNode):
@@ -118,23 +67,25 @@ class Localizer(VprNode):
         super().__init__("vpr_localizer", **kwargs)
         self.map: PlaceMap | None = None
         self.enabled = True
-        self.mailbox = Mailbox()
+        self.mailboxes = Mailboxes(1)
         self.worker: threading.Thread | None = None
         self.counts = {"processed": 0, "accepted": 0, "invalid": 0, "failed": 0, "throttled": 0, "paused": 0}
         self.latency = LatencyWindow()
         self.backend_latency = LatencyWindow()
         self.last_similarity = float("nan")
         self.last_accept: float | None = None  # monotonic time of the last accepted frame
-        self._outcome = ("none", "")  # the last frame's: accepted | refused | invalid | failed, and why
+        self._outcome = ("none", "")  # the last step's: accepted | refused | invalid | failed, and why
         self._first_answer: float | None = None
         self._last_processed = 0.0
         self._map_lock = threading.Lock()
-        self.tracker: SequenceTracker | None = None
+        self.extrinsics: list[Pose | None] = [None]
+        self.answerer: FrameAnswerer | None = None
         self.sequence_state = "off"
-        self._sequence_stale = True  # rebuild the tracker before the next frame (settings, map)
-        self._sequence_reset = False  # ~/reset_sequence: forget the history before the next frame
-        self.odometry = OdometryHistory()
+        self._answerer_stale = True  # rebuild the answerer before the next step (settings, map)
+        self._sequence_reset = False  # ~/reset_sequence: forget the history before the next step
+        self.odometry: OdometryHistory | TfListener | None = None
         self._odom_sub = None
+        self.outputs: RobotOutputs | None = None
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", RESULT_QOS)
         self.match_pub = self.create_publisher(PointCloud2, "~/matches", RESULT_QOS)
         self.marker_pub = self.create_publisher(MarkerArray, "~/markers", RESULT_QOS)
@@ -149,20 +100,42 @@ class Localizer(VprNode):
 
     def load(self) -> None:
         cfg = self.config
+        self.extrinsics = _camera_extrinsics(cfg)
+        self._sequence_settings(cfg)  # refuse bad sequence.* values at configure, in one line
         self.load_model()
         self.map = self._read_map()
+        self._check_robot_outputs(cfg, self.map)
         faiss.omp_set_num_threads(1)  # one query at a time: FAISS's spinning threads only add latency
         self.get_logger().info(
             f"model {self.bundle.summary()} on {self.backend.describe()}; map {cfg['map.dir']}: "
-            f"{len(self.map)} keyframes in frame '{self.map.frame_id}'; "
+            f"{len(self.map)} keyframes in {len(self.map.sessions)} session(s), frame '{self.map.frame_id}'; "
             f"similarity threshold {self.threshold():.3f}"
         )
         self.publish_map(self.map, self.path_pub, self.map_marker_pub)
-        self._sequence_settings(cfg)  # refuse bad sequence.* values at configure, in one line
-        if cfg["sequence.odom_topic"]:
-            self._odom_sub = self.create_subscription(
-                Odometry, str(cfg["sequence.odom_topic"]), self.odometry.add, 50
+        if cfg["odometry.source"] == "topic":
+            history = OdometryHistory()
+            self._odom_sub = self.create_subscription(Odometry, str(cfg["odometry.topic"]), history.add, 50)
+            self.odometry = history
+        elif cfg["odometry.source"] == "tf":
+            self.odometry = TfListener(self, "odometry.source 'tf'")
+        self.outputs = RobotOutputs(self, cfg, self.map.frame_id)
+
+    def _check_robot_outputs(self, cfg: dict[str, P.Value], place_map: PlaceMap) -> None:
+        """What the fix outputs need, refused at configure in one line."""
+        if cfg["tf.publish_map_to_odom"] and cfg["odometry.source"] == "none":
+            raise InputError(
+                "tf.publish_map_to_odom needs the robot's odometry: set odometry.source to 'topic' or 'tf'"
             )
+        wanted = str(cfg["relocalization.global_frame"])
+        if cfg["relocalization.publish_initialpose"] and place_map.frame_id != wanted:
+            raise InputError(
+                f"relocalization.publish_initialpose: the map is in frame '{place_map.frame_id}' but "
+                f"relocalization.global_frame (AMCL's global frame) is '{wanted}'; AMCL ignores initial "
+                "poses in other frames: map in that frame"
+            )
+
+    def image_topic_names(self) -> list[str]:
+        return [str(topic) for topic in self.config["input.image_topics"]]
 
     def _sequence_settings(self, cfg: dict[str, P.Value]) -> SequenceSettings:
         settings = SequenceSettings(
@@ -193,14 +166,14 @@ class Localizer(VprNode):
 
     def on_activate(self, state):
         self.enabled = True  # a pause (even one asked for while unconfigured) ends with the transition
-        self.mailbox = Mailbox()
+        self.mailboxes = Mailboxes(len(self.image_topic_names()), float(self.config["input.camera_sync_s"]))
         self.worker = threading.Thread(target=self._work, name="vpr_localizer_worker", daemon=True)
         self.worker.start()
         return super().on_activate(state)
 
     def on_deactivate(self, state):
         result = super().on_deactivate(state)
-        self.mailbox.close()
+        self.mailboxes.close()
         if self.worker is not None:
             self.worker.join(timeout=10.0)
             self.worker = None
@@ -209,10 +182,16 @@ class Localizer(VprNode):
     def release(self) -> None:
         self.backend = None
         self.map = None
-        self.tracker = None
+        self.answerer = None
+        if self.outputs is not None:
+            self.outputs.close()
+            self.outputs = None
         if self._odom_sub is not None:
             self.destroy_subscription(self._odom_sub)
             self._odom_sub = None
+        if isinstance(self.odometry, TfListener):
+            self.odometry.close()
+        self.odometry = None
 
     def threshold(self, cfg: dict[str, P.Value] | None = None) -> float:
         cfg = self.config if cfg is None else cfg
@@ -220,41 +199,39 @@ class Localizer(VprNode):
 
     def _apply_parameters(self, changes) -> None:
         """Changes (validated before they were accepted) go in as a new dict swapped in whole: the
-        worker reads ``self.config`` once per frame, so it never sees half of one set_parameters
-        call, and needs no lock."""
+        worker reads ``self.config`` once per time step, so it never sees half of one
+        set_parameters call, and needs no lock."""
         updated = dict(self.config)
         updated.update({change.name: change.value for change in changes if change.name in updated})
         self.config = updated
         if any(change.name.startswith("sequence.") for change in changes):
-            self._sequence_stale = True
+            self._answerer_stale = True
+        if self.outputs is not None:
+            self.outputs.apply_settings(updated)
 
     # ---------------------------------------------------------------- frames
 
-    def on_image(self, msg) -> None:
+    def on_image(self, msg, camera: int) -> None:
         if not self.enabled:
             self.counts["paused"] += 1
             return
-        self.mailbox.put(msg)
+        self.mailboxes.put(camera, msg)
 
     def _work(self) -> None:
-        mailbox = self.mailbox
-        while not mailbox.closed:
-            item = mailbox.take()
-            if item is None:
+        mailboxes = self.mailboxes
+        while not mailboxes.closed:
+            frames = mailboxes.take()
+            if not frames:
                 continue
-            msg, received = item
-            cfg = self.config  # one snapshot per frame (see _apply_parameters)
+            received = min(t for _, _, t in frames)
+            cfg = self.config  # one snapshot per time step (see _apply_parameters)
             max_rate = float(cfg["input.max_rate_hz"])
             if max_rate > 0 and received - self._last_processed < 1.0 / max_rate:
                 self.counts["throttled"] += 1
                 continue
             self._last_processed = received
             try:
-                self._process(msg, received, cfg)
-            except ImageConversionError as exc:  # the input's fault: counted, logged, no answer
-                self.counts["invalid"] += 1
-                self._outcome = ("invalid", str(exc))
-                self.get_logger().warning(f"frame dropped: {exc}", throttle_duration_sec=5.0)
+                self._process(frames, received, cfg)
             except Exception as exc:  # a fault of this node: the traceback once, then a count
                 self.counts["failed"] += 1
                 self._outcome = ("failed", f"{type(exc).__name__}: {exc}")
@@ -265,71 +242,89 @@ class Localizer(VprNode):
                         f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0
                     )
 
-    def _tracker(self, place_map: PlaceMap, cfg: dict[str, P.Value]) -> SequenceTracker | None:
-        """The sequence filter for this frame: rebuilt after a change of its parameters or a map
-        reload, its history cleared after ~/reset_sequence (both on this worker thread, which alone
-        uses it); None while sequence.enabled is false or its parameters do not fit together
-        (logged once)."""
-        if self._sequence_reset:
-            self._sequence_reset = False
-            if self.tracker is not None:
-                self.tracker.reset()
-        if self._sequence_stale:
-            self._sequence_stale = False
-            self.tracker = None
+    def _decoded(self, frames: list[tuple[int, Any, float]]) -> list[tuple[int, Any, np.ndarray]]:
+        """``(camera, message, rgb)`` of the frames that decode; the others are the input's fault:
+        counted, logged, no answer."""
+        decoded = []
+        for camera, msg, _ in frames:
+            try:
+                decoded.append((camera, msg, message_to_rgb(msg)))
+            except ImageConversionError as exc:
+                self.counts["invalid"] += 1
+                self._outcome = ("invalid", str(exc))
+                self.get_logger().warning(f"frame dropped: {exc}", throttle_duration_sec=5.0)
+        return decoded
+
+    def _answerer(self, place_map: PlaceMap, cfg: dict[str, P.Value]) -> FrameAnswerer:
+        """The per-frame answerer: rebuilt after a change of the sequence parameters or a map
+        reload, its history cleared after ~/reset_sequence or ~/relocalize (all on this worker
+        thread, which alone uses it)."""
+        if self._answerer_stale or self.answerer is None or self.answerer.place_map is not place_map:
+            self._answerer_stale = False
+            sequence = None
             self.sequence_state = "off"
             if cfg["sequence.enabled"]:
                 try:
-                    settings = self._sequence_settings(cfg)
+                    sequence = self._sequence_settings(cfg)
                 except InputError as exc:
                     self.sequence_state = f"off: {exc}"
                     self.get_logger().error(f"sequence filter off: {exc}")
-                else:
-                    self.tracker = SequenceTracker(place_map.positions, place_map.orientations, settings)
-        return self.tracker
+            self.answerer = FrameAnswerer(place_map, self.extrinsics, sequence)
+        reset = self.outputs.take_reset()
+        if self._sequence_reset or reset:
+            self._sequence_reset = False
+            self.answerer.reset()
+        return self.answerer
 
-    def _process(self, msg, received: float, cfg: dict[str, P.Value]) -> None:
-        rgb = message_to_rgb(msg)
+    def _odometry_at(self, stamp: int, cfg: dict[str, P.Value]) -> Pose | None:
+        if isinstance(self.odometry, OdometryHistory):
+            return self.odometry.nearest(stamp)
+        if isinstance(self.odometry, TfListener):
+            return self.odometry.pose(str(cfg["frames.odom"]), str(cfg["frames.base"]), stamp)
+        return None
+
+    def _process(
+        self, frames: list[tuple[int, Any, float]], received: float, cfg: dict[str, P.Value]
+    ) -> None:
+        decoded = self._decoded(frames)
+        if not decoded:
+            return
         t0 = time.monotonic()
-        descriptor = self.backend.embed([rgb])
+        descriptors = self.backend.embed([rgb for _, _, rgb in decoded])
         self.backend_latency.add(time.monotonic() - t0)
         with self._map_lock:
             place_map = self.map
-        k = int(cfg["search.top_k"])
-        sims, ids = place_map.search(descriptor, k)
-        ranked, scores = ids[0], sims[0]
-        tracker = self._tracker(place_map, cfg)
-        filtered = None
-        if tracker is not None:
-            stamp = stamp_ns(msg.header)
-            odometry = self.odometry.nearest(stamp) if cfg["sequence.odom_topic"] else None
-            score = cosine_scorer(place_map.descriptors, descriptor[0])
-            answer = tracker.step(stamp, ids[0], sims[0], score, odometry)
-            self.sequence_state = (
-                f"{'filtering' if answer.filtered else 'collecting'}: {answer.frames} frames, "
-                f"{'odometry' if odometry is not None else 'speed range'}"
-            )
-            if answer.filtered:
-                ranked, scores = tracker.filter.ranked_answer(answer, ids[0], score)
-                filtered = (ranked, scores)
-        estimate = estimate_pose(
-            scores,
-            ranked,
-            place_map,
+        answerer = self._answerer(place_map, cfg)
+        settings = EstimateSettings(
+            top_k=int(cfg["search.top_k"]),
             method=str(cfg["estimate.method"]),
             sigma_m=float(cfg["estimate.sigma_m"]),
             similarity_threshold=self.threshold(cfg),
             min_position_std_m=float(cfg["estimate.min_position_std_m"]),
         )
-        rows = self._table(place_map, ids[0], sims[0], estimate.accepted, filtered=False)
-        if filtered is not None:
-            rows = np.concatenate([rows, self._table(place_map, *filtered, estimate.accepted, filtered=True)])
+        answers, odometry, messages_of = [], {}, {}
+        for (camera, msg, _), descriptor in zip(decoded, descriptors):
+            stamp = stamp_ns(msg.header)
+            odometry[camera] = self._odometry_at(stamp, cfg)
+            messages_of[camera] = msg
+            answers.append(answerer.answer(camera, stamp, descriptor, settings, odometry[camera]))
+        best = fuse(answers)
+        self._publish(best, messages_of[best.camera], place_map, cfg)
+        trusted = best.estimate.accepted and (best.filtered or answerer.trackers is None)
+        header = Header(stamp=messages_of[best.camera].header.stamp, frame_id=place_map.frame_id)
+        self.outputs.update(best, trusted, header, odometry[best.camera])
+        self._count(best, received, answerer)
+
+    def _publish(self, answer: CameraAnswer, msg: Any, place_map: PlaceMap, cfg: dict[str, P.Value]) -> None:
         header = Header(stamp=msg.header.stamp, frame_id=place_map.frame_id)
-        if estimate.accepted:
-            self.pose_pub.publish(messages.pose_with_covariance(header, estimate))
-        self.match_pub.publish(messages.match_cloud(header, rows))
+        if answer.estimate.accepted:
+            self.pose_pub.publish(messages.pose_with_covariance(header, answer.estimate))
+        self.match_pub.publish(messages.match_cloud(header, answer.rows))
         if cfg["output.publish_markers"]:
-            self.marker_pub.publish(messages.match_markers(header, estimate, rows))
+            self.marker_pub.publish(messages.match_markers(header, answer.estimate, answer.rows))
+
+    def _count(self, answer: CameraAnswer, received: float, answerer: FrameAnswerer) -> None:
+        estimate = answer.estimate
         self.latency.add(time.monotonic() - received)
         self.counts["processed"] += 1
         self.last_similarity = float(estimate.similarity)
@@ -339,16 +334,13 @@ class Localizer(VprNode):
         if estimate.accepted:
             self.counts["accepted"] += 1
             self.last_accept = now
+        if answerer.trackers is not None:
+            self.sequence_state = (
+                f"{'filtering' if answer.filtered else 'collecting'}, {_motion(self.config)}"
+            )
         self.get_logger().debug(
-            f"frame {stamp_ns(msg.header)}: keyframe {estimate.keyframe_id} sim {estimate.similarity:.3f} "
-            f"{'accepted' if estimate.accepted else 'unknown place'}"
-        )
-
-    @staticmethod
-    def _table(place_map: PlaceMap, ids: np.ndarray, sims: np.ndarray, accepted: bool, filtered: bool):
-        safe = np.clip(ids, 0, None)  # -1 = fewer keyframes than k; table_rows leaves those out
-        return match_table.table_rows(
-            ids, sims, place_map.positions[safe], place_map.orientations[safe], accepted, filtered
+            f"frame {answer.stamp_ns} (camera {answer.camera}): keyframe {estimate.keyframe_id} "
+            f"sim {estimate.similarity:.3f} {'accepted' if estimate.accepted else 'unknown place'}"
         )
 
     # ---------------------------------------------------------------- services
@@ -359,13 +351,13 @@ class Localizer(VprNode):
             return response
         try:
             fresh = self._read_map()
+            self._check_robot_outputs(self.config, fresh)
         except InputError as exc:
             response.success, response.message = False, f"kept the current map: {exc}"
             self.get_logger().error(response.message)
             return response
         with self._map_lock:
             self.map = fresh
-        self._sequence_stale = True
         self.publish_map(self.map, self.path_pub, self.map_marker_pub)
         response.success, response.message = True, f"{len(fresh)} keyframes from {self.config['map.dir']}"
         return response
@@ -412,7 +404,7 @@ class Localizer(VprNode):
                 "backend": self.backend.describe(),
                 "frames received": self.received,
                 "frames processed": self.counts["processed"],
-                "frames dropped (newer frame arrived)": self.mailbox.dropped,
+                "frames dropped (newer frame arrived)": self.mailboxes.dropped,
                 "frames throttled": self.counts["throttled"],
                 "frames ignored while paused": self.counts["paused"],
                 "frames invalid": self.counts["invalid"],
@@ -423,10 +415,36 @@ class Localizer(VprNode):
                 "last similarity": self.last_similarity,
                 "accepted ratio": self.counts["accepted"] / processed,
                 "map keyframes": len(self.map),
+                "map sessions": len(self.map.sessions),
+                "cameras": len(self.image_topics),
                 "sequence filter": self.sequence_state,
+                "fixes": self.outputs.fixes,
                 "model": self.bundle.content_hash[:19],
             },
         )
+
+
+def _camera_extrinsics(cfg: dict[str, P.Value]) -> list[Pose | None]:
+    """One extrinsic per image topic (None: like the matched keyframe's mapping camera)."""
+    topics, given = list(cfg["input.image_topics"]), list(cfg["frames.camera_extrinsics"])
+    if len(given) == 1 and len(topics) > 1 and given[0] == "":
+        given = given * len(topics)
+    if len(given) != len(topics):
+        raise InputError(
+            f"parameter frames.camera_extrinsics has {len(given)} entries for {len(topics)} image topics; "
+            "give one per topic ('' = like the mapping camera)"
+        )
+    extrinsics = []
+    for topic, text in zip(topics, given):
+        try:
+            extrinsics.append(parse_extrinsic(text) if text.strip() else None)
+        except InputError as exc:
+            raise InputError(f"parameter frames.camera_extrinsics ({topic}): {exc}") from None
+    return extrinsics
+
+
+def _motion(cfg: dict[str, P.Value]) -> str:
+    return "speed range" if cfg["odometry.source"] == "none" else f"odometry ({cfg['odometry.source']})"
 
 
 def main(args: list[str] | None = None) -> int:

@@ -1,9 +1,13 @@
 """``vpr_mapper``: drive the route once, get a place map.
 
-Subscribes to ``image`` (raw, or ``<image>/compressed``) and to ``odom`` (nav_msgs/Odometry) or
-``pose`` (geometry_msgs/PoseStamped), pairs them by stamp (``vpr_ros.io.pose_sync``), keeps a
-keyframe every ``mapper.keyframe_min_distance_m`` or ``mapper.keyframe_min_rotation_deg``, embeds
-it and adds it to the map (``vpr_ros.mapping.map_builder``: the same code path as ``vpr-build-map``).
+Subscribes to ``image`` (raw, or ``<image>/compressed``) and to the robot's pose: ``odom``
+(nav_msgs/Odometry) or ``pose`` (geometry_msgs/PoseStamped), paired by stamp
+(``vpr_ros.io.pose_sync``). Keeps a keyframe every ``mapper.keyframe_min_distance_m`` or
+``mapper.keyframe_min_rotation_deg``, embeds it and adds it with the robot's (base) pose to the
+map (``vpr_ros.mapping.map_builder``: the same code path as ``vpr-build-map``) as one session whose
+camera is ``frames.camera_extrinsic``. With ``map.append`` the session is added to the map already
+at ``map.dir`` (same model and frame, checked). A map frame that is an odometry frame is warned
+about once.
 Publishes the keyframe trajectory on ``~/keyframes`` (nav_msgs/Path, latched) for RViz. The map is
 saved atomically on ``~/save_map`` (std_srvs/Trigger) and on shutdown (SIGINT/SIGTERM): a crash
 mid-save leaves the previous map whole.
@@ -22,14 +26,16 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from vpr_ros.errors import InputError
-from vpr_ros.geometry import compose, parse_extrinsic
 from vpr_ros.io.image_codec import message_to_rgb
 from vpr_ros.io.pose_sync import ImagePosePairer, stamp_ns
+from vpr_ros.io.tf_buffer import ImageTransformPairer, TransformBuffer
 from vpr_ros.mapping.keyframes import KeyframeSelector
 from vpr_ros.mapping.map_builder import MapBuilder
-from vpr_ros.mapping.place_map import PlaceMap, check_target
+from vpr_ros.mapping.map_files import check_target
+from vpr_ros.mapping.place_map import PlaceMap, Session, odometry_frame_warning
 from vpr_ros.nodes import params as P
 from vpr_ros.nodes.common import CAMERA_QOS, LATCHED_QOS, VprNode, run
+from vpr_ros.nodes.tf_io import TF_QOS, TF_STATIC_QOS, tf_message_type
 
 POSE_DEPTH = 50  # poses are small and come faster than images: keep enough to pair every frame
 # Mapping embeds only keyframes, so it keeps up on average; a short queue rides out the stall of
@@ -50,10 +56,15 @@ class Mapper(VprNode):
         self.builder: MapBuilder | None = None
         self.pairer: ImagePosePairer | None = None
         self.frame_id = ""
+        self.frame_refusal = ""  # why poses are not used (an appended map in another frame)
         self.saved_to = ""
+        self.camera_extrinsic = ()
         self.invalid_poses = 0
         self._keyframes_changed = False
-        self._pose_sub = None
+        self._pose_subs: list = []
+        # Poses, images, services and timers all share one group: the builder is not thread-safe
+        # (embedding in the image callback blocks ~/save_map until it is done).
+        self.intake_group = self.default_callback_group
         self.path_pub = self.create_publisher(Path, "~/keyframes", LATCHED_QOS)
         self.marker_pub = self.create_publisher(MarkerArray, "~/markers", LATCHED_QOS)
         self.create_service(Trigger, "~/save_map", self._save_service)
@@ -65,29 +76,79 @@ class Mapper(VprNode):
     def load(self) -> None:
         cfg = self.config
         out = FsPath(str(cfg["map.dir"])).expanduser()
-        check_target(out, cfg["map.overwrite"], f"map.dir {out}", "set map.overwrite")  # save's checks
-        self.load_model()
+        if cfg["map.append"] and cfg["map.overwrite"]:
+            raise InputError("parameters map.append and map.overwrite exclude each other")
+        if not cfg["map.append"]:
+            check_target(out, cfg["map.overwrite"], f"map.dir {out}", "set map.overwrite")  # save's checks
         try:
-            self.extrinsic = parse_extrinsic(cfg["frames.camera_extrinsic"])
+            self.camera_extrinsic = Session("check", tuple(cfg["frames.camera_extrinsic"])).camera_extrinsic
         except InputError as exc:
             raise InputError(f"parameter frames.camera_extrinsic: {exc}") from None
-        self.pairer = ImagePosePairer(float(cfg["mapper.sync_tolerance_s"]))
+        self.load_model()
+        if cfg["map.append"]:
+            existing = self._existing_map()
+            wanted = str(cfg["frames.map"])
+            if wanted and wanted != existing.frame_id:
+                raise InputError(
+                    f"map.append: the map at {out} is in frame '{existing.frame_id}', not '{wanted}'"
+                )
+        if cfg["input.pose_type"] == "tf":
+            tf_message_type("input.pose_type 'tf'")  # refuse at configure when the type is missing
+            target, base = str(cfg["frames.map"]) or "map", str(cfg["frames.base"])
+            self.pairer = ImageTransformPairer(TransformBuffer(), target, base)
+        else:
+            self.pairer = ImagePosePairer(float(cfg["mapper.sync_tolerance_s"]))
         self.builder = None
-        self.get_logger().info(f"model {self.bundle.summary()} on {self.backend.describe()}; map -> {out}")
+        how = "a new session of" if cfg["map.append"] else ""
+        self.get_logger().info(
+            f"model {self.bundle.summary()} on {self.backend.describe()}; map -> {how} {out}"
+        )
+
+    def _existing_map(self) -> PlaceMap:
+        """The map at map.dir that map.append adds to, checked to be of the loaded model."""
+        out = FsPath(str(self.config["map.dir"])).expanduser()
+        return PlaceMap.load(
+            out, expected_model_hash=self.bundle.content_hash, expected_dim=self.bundle.descriptor_dim
+        )
 
     def on_activate(self, state):
-        odometry = self.config["input.pose_type"] == "odometry"
-        topic = self.resolve_topic_name("odom" if odometry else "pose")
-        self._pose_sub = self.create_subscription(
-            Odometry if odometry else PoseStamped, topic, self._receive_pose, _pose_qos()
-        )
-        self.get_logger().info(f"poses from {topic} ({'nav_msgs/Odometry' if odometry else 'PoseStamped'})")
+        pose_type = self.config["input.pose_type"]
+        if pose_type == "tf":
+            message = tf_message_type("input.pose_type 'tf'")
+            self._pose_subs = [
+                self.create_subscription(
+                    message, "/tf", self._receive_tf, TF_QOS, callback_group=self.intake_group
+                ),
+                self.create_subscription(
+                    message,
+                    "/tf_static",
+                    self._receive_tf_static,
+                    TF_STATIC_QOS,
+                    callback_group=self.intake_group,
+                ),
+            ]
+            self.get_logger().info(f"poses of '{self.pairer.source}' in '{self.pairer.target}' from /tf")
+        else:
+            odometry = pose_type == "odometry"
+            topic = self.resolve_topic_name("odom" if odometry else "pose")
+            self._pose_subs = [
+                self.create_subscription(
+                    Odometry if odometry else PoseStamped,
+                    topic,
+                    self._receive_pose,
+                    _pose_qos(),
+                    callback_group=self.intake_group,
+                )  # fmt: skip
+            ]
+            self.get_logger().info(
+                f"poses from {topic} ({'nav_msgs/Odometry' if odometry else 'PoseStamped'})"
+            )
         return super().on_activate(state)
 
     def on_deactivate(self, state):
-        if self._pose_sub is not None:
-            self.destroy_subscription(self._pose_sub)
-            self._pose_sub = None
+        for subscription in self._pose_subs:
+            self.destroy_subscription(subscription)
+        self._pose_subs = []
         return super().on_deactivate(state)
 
     def release(self) -> None:
@@ -99,7 +160,9 @@ class Mapper(VprNode):
     def _receive_pose(self, msg: Odometry | PoseStamped) -> None:
         pose = msg.pose.pose if isinstance(msg, Odometry) else msg.pose
         if not self.frame_id:
-            self.frame_id = str(self.config["frames.map"]) or msg.header.frame_id or "map"
+            self._set_frame(str(self.config["frames.map"]) or msg.header.frame_id or "map")
+        if self.frame_refusal:
+            return
         p, q = pose.position, pose.orientation
         try:
             pairs = self.pairer.add_pose(stamp_ns(msg.header), [p.x, p.y, p.z], [q.x, q.y, q.z, q.w])
@@ -109,30 +172,70 @@ class Mapper(VprNode):
             return
         self._handle(pairs)
 
-    def on_image(self, msg) -> None:
+    def _receive_tf(self, msg) -> None:
+        self._add_transforms(msg, static=False)
+
+    def _receive_tf_static(self, msg) -> None:
+        self._add_transforms(msg, static=True)
+
+    def _add_transforms(self, msg, static: bool) -> None:
+        if not self.frame_id:
+            self._set_frame(self.pairer.target)
+        if self.frame_refusal:
+            return
+        rejected = self.pairer.buffer.rejected
+        pairs = self.pairer.add_transforms(msg, static)
+        if self.pairer.buffer.rejected > rejected:
+            self.invalid_poses += self.pairer.buffer.rejected - rejected
+            self.get_logger().warning(
+                f"transform skipped: {self.pairer.buffer.first_rejection}", throttle_duration_sec=5.0
+            )
+        self._handle(pairs)
+
+    def _set_frame(self, frame_id: str) -> None:
+        """The map frame, known with the first pose: warned about when it is an odometry frame,
+        refused when an appended map lives in another one."""
+        self.frame_id = frame_id
+        if (warning := odometry_frame_warning(frame_id)) is not None:
+            self.get_logger().warning(warning)
+        if self.config["map.append"]:
+            existing = self._existing_map().frame_id
+            if existing != frame_id:
+                self.frame_refusal = (
+                    f"poses are in frame '{frame_id}' but the map appended to is in '{existing}': "
+                    "nothing is added (sessions of one map share its frame)"
+                )
+                self.get_logger().error(self.frame_refusal)
+
+    def on_image(self, msg, camera: int) -> None:
+        if self.frame_refusal:
+            return
         self._handle(self.pairer.add_image(stamp_ns(msg.header), msg))
 
     def _handle(self, pairs) -> None:
         for pair in pairs:
-            position, orientation = compose(pair.position, pair.orientation, *self.extrinsic)
             added = self._builder().offer(  # an undecodable keyframe is logged and counted there
                 pair.stamp_ns,
                 lambda msg=pair.payload: message_to_rgb(msg),
-                position,
-                orientation,
+                pair.position,
+                pair.orientation,
                 f"{self.image_topic}@{pair.stamp_ns}",
             )
             self._keyframes_changed |= added
 
     def _builder(self) -> MapBuilder:
         if self.builder is None:  # the map frame is known once the first pose arrived
-            place_map = PlaceMap(
-                self.bundle.descriptor_dim,
-                self.bundle.content_hash,
-                frame_id=self.frame_id or "map",
-                index=str(self.config["map.index"]),
-                model_summary=self.bundle.summary(),
-            )
+            if self.config["map.append"]:
+                place_map = self._existing_map()
+            else:
+                place_map = PlaceMap(
+                    self.bundle.descriptor_dim,
+                    self.bundle.content_hash,
+                    frame_id=self.frame_id or "map",
+                    index=str(self.config["map.index"]),
+                    model_summary=self.bundle.summary(),
+                )
+            place_map.add_session(Session(self.image_topic, self.camera_extrinsic))
             selector = KeyframeSelector(
                 float(self.config["mapper.keyframe_min_distance_m"]),
                 float(self.config["mapper.keyframe_min_rotation_deg"]),
@@ -157,7 +260,12 @@ class Mapper(VprNode):
         self.builder.place_map.save(out, overwrite=True)  # configure checked that map.dir may be written
         self.saved_to = str(out)
         summary = self.builder.summary()
-        return f"saved {summary['keyframes']} keyframes ({summary['travelled_m']:.1f} m) to {out}"
+        sessions = len(self.builder.place_map.sessions)
+        added = f"{summary['added']} keyframes added, " if sessions > 1 else ""
+        return (
+            f"saved {added}{summary['keyframes']} keyframes ({summary['travelled_m']:.1f} m, {sessions} "
+            f"session{'s' * (sessions > 1)}) to {out}"
+        )
 
     def _save_service(self, request, response):
         try:
@@ -176,14 +284,19 @@ class Mapper(VprNode):
     def status(self) -> tuple[bytes, str, dict[str, Any]]:
         if self.backend is None:
             return DiagnosticStatus.ERROR, "not configured", {}
+        level, message = (
+            (DiagnosticStatus.ERROR, self.frame_refusal)
+            if self.frame_refusal
+            else (DiagnosticStatus.OK, "mapping")
+        )
         summary = (
             self.builder.summary()
             if self.builder is not None
             else {"keyframes": 0, "travelled_m": 0.0, "undecodable": 0}
         )
         return (
-            DiagnosticStatus.OK,
-            "mapping",
+            level,
+            message,
             {
                 "backend": self.backend.describe(),
                 "frames received": self.received,

@@ -32,6 +32,7 @@ class Param:
     high: float | None = None
     choices: tuple[str, ...] | None = None
     dynamic: bool = False
+    fixed_length: bool = True  # a list parameter must keep its default's length
 
     def check(self, value: Any) -> str | None:
         """Why ``value`` is not acceptable, or None."""
@@ -47,8 +48,10 @@ class Param:
             return f"{self.name} must be >= {self.low}, got {value}"
         if self.high is not None and value > self.high:
             return f"{self.name} must be <= {self.high}, got {value}"
-        if isinstance(self.default, list) and len(value) != len(self.default):
+        if isinstance(self.default, list) and self.fixed_length and len(value) != len(self.default):
             return f"{self.name} must have {len(self.default)} numbers, got {len(value)}"
+        if isinstance(self.default, list) and not value:
+            return f"{self.name} must not be empty"
         return None
 
 
@@ -80,7 +83,19 @@ def _common_tail() -> tuple[Param, ...]:
 LOCALIZER: tuple[Param, ...] = (
     *_model_params(),
     Param("map.dir", "", "place map directory to localize against; required"),
+    Param("input.image_topics", ["image"], "camera image topics (several cameras: one answer per time step, "
+          "the best camera's)", fixed_length=False),
+    Param("input.camera_sync_s", 0.05, "several cameras: how long a time step waits from the first "
+          "camera's frame for the others' (s)", 0.0, 1.0),
+    Param("frames.camera_extrinsics", [""], "per image topic, its base->camera 'x y z qx qy qz qw'; '' = "
+          "mounted like the mapping camera of the matched keyframe's session", fixed_length=False),
     Param("frames.map", "", "expected map frame ('' = the map's own frame_id)"),
+    Param("frames.odom", "odom", "odometry frame (REP 105): the child of map -> odom, TF odometry's frame"),
+    Param("frames.base", "base_link", "robot base frame (REP 105): the pose published is this frame's"),
+    Param("odometry.source", "none", "robot odometry for the sequence filter's motion, map -> odom and the "
+          "fix check: none, a nav_msgs/Odometry topic, or TF (frames.odom -> frames.base)",
+          choices=("none", "topic", "tf")),
+    Param("odometry.topic", "odom", "nav_msgs/Odometry topic when odometry.source is 'topic'"),
     Param("input.max_rate_hz", 0.0, "process at most this many frames per second (0 = every frame)",
           0.0, 1000.0, dynamic=True),
     Param("search.top_k", 5, "candidates retrieved per frame", 1, 100, dynamic=True),
@@ -97,8 +112,6 @@ LOCALIZER: tuple[Param, ...] = (
     Param("sequence.length", 10, "frames the filter matches as one trajectory", 1, 200, dynamic=True),
     Param("sequence.min_frames", 3, "frames of history before the filter answers (single frames until then)",
           1, 200, dynamic=True),
-    Param("sequence.odom_topic", "", "nav_msgs/Odometry topic for the distance moved between frames "
-          "('' = none: the speed range times the time between frames)"),
     Param("sequence.min_speed_mps", 0.3, "without odometry: slowest speed a trajectory assumes (m/s)",
           0.0, 100.0, dynamic=True),
     Param("sequence.max_speed_mps", 2.0, "without odometry: fastest speed a trajectory assumes (m/s)",
@@ -106,6 +119,25 @@ LOCALIZER: tuple[Param, ...] = (
     Param("sequence.switch_cost", 1.0, "lead per frame of history (normalised units, up to 10 frames) a "
           "trajectory elsewhere needs to move the answer away from the place it follows (0 = none)",
           0.0, 100.0, dynamic=True),
+    Param("relocalization.consistent_frames", 3, "a fix (for map -> odom, /initialpose, ~/relocalize) is "
+          "this many trusted answers in a row that agree with the odometry", 1, 100, dynamic=True),
+    Param("relocalization.max_disagreement_m", 3.0, "how far an answer may be from where the previous one "
+          "and the odometry put the robot (m; without odometry plus sequence.max_speed_mps x time)",
+          0.01, 1000.0, dynamic=True),
+    Param("relocalization.publish_initialpose", False, "publish fixes as an initial pose for Nav2 AMCL"),
+    Param("relocalization.initialpose_topic", "/initialpose", "where the initial pose goes"),
+    Param("relocalization.global_frame", "map", "AMCL's global frame: the map must be in it to publish "
+          "initial poses (AMCL ignores others)"),
+    Param("relocalization.min_interval_s", 0.0, "0: one initial pose per start and per ~/relocalize; "
+          "> 0: after any fix, at most this often (s)", 0.0, 86400.0, dynamic=True),
+    Param("relocalization.timeout_s", 30.0, "~/relocalize gives up after this long without a fix (s)",
+          0.1, 3600.0, dynamic=True),
+    Param("tf.publish_map_to_odom", False, "publish map -> odom on /tf from fixes (needs odometry.source)"),
+    Param("tf.min_update_interval_s", 1.0, "a new map -> odom at most this often (s); the last one is kept "
+          "between fixes", 0.0, 3600.0, dynamic=True),
+    Param("tf.publish_period_s", 0.1, "period of re-publishing the current map -> odom (s)", 0.01, 10.0),
+    Param("tf.transform_tolerance_s", 0.5, "map -> odom is stamped this far ahead (s), as AMCL's "
+          "transform_tolerance, so lookups at the newest odometry succeed", 0.0, 10.0),
     *_common_tail(),
 )  # fmt: skip
 
@@ -113,13 +145,16 @@ MAPPER: tuple[Param, ...] = (
     *_model_params(),
     Param("map.dir", "", "where the map is saved; required"),
     Param("map.overwrite", False, "replace an existing map at map.dir (otherwise refuse to start)"),
+    Param("map.append", False, "add this drive as a new session of the map at map.dir (same model, frame)"),
     Param("map.index", "flat", "FAISS index: exact flat, or HNSW / IVF-PQ for very large maps",
           choices=("flat", "hnsw", "ivfpq")),
     Param("frames.map", "", "map frame ('' = the pose messages' frame_id)"),
     Param("frames.camera_extrinsic", [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
-          "base->camera pose x y z qx qy qz qw (keyframe = pose * extrinsic)"),
-    Param("input.pose_type", "odometry", "pose topic type: 'odom' (nav_msgs/Odometry) or 'pose' "
-          "(geometry_msgs/PoseStamped)", choices=("odometry", "pose_stamped")),
+          "base->camera pose x y z qx qy qz qw, stored with the session (keyframe poses are the base's)"),
+    Param("frames.base", "base_link", "robot base frame looked up in frames.map when input.pose_type is tf"),
+    Param("input.pose_type", "odometry", "the robot's pose: 'odom' (nav_msgs/Odometry), 'pose' "
+          "(geometry_msgs/PoseStamped), or TF (frames.base in frames.map, '' = map)",
+          choices=("odometry", "pose_stamped", "tf")),
     Param("mapper.sync_tolerance_s", DEFAULT_TOLERANCE_S, "max |image stamp - pose stamp| for a pair (s)",
           0.0001, 10.0),
     Param("mapper.keyframe_min_distance_m", 1.0, "new keyframe after this distance (m)", 0.0, 1000.0),
