@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vpr_ros.evaluation.report import markdown_table, recall_kind  # noqa: E402
+from vpr_ros.mapping.map_files import META_FILE, SCHEMA  # noqa: E402
 
 BIN = Path(sys.executable).parent
 DEFAULT_BUNDLE = ROOT / "vpr_ros" / "models" / "default"
@@ -53,6 +54,12 @@ def content_key(bundle: Path) -> str:
     return content_hash.split(":", 1)[1][:16]
 
 
+def is_current_map(map_dir: Path) -> bool:
+    """A map is reused when it exists in this version's schema (older ones are rebuilt)."""
+    meta = map_dir / META_FILE
+    return meta.is_file() and json.loads(meta.read_text()).get("schema") == SCHEMA
+
+
 def recall_at_1(report_dir: Path, filtered: bool = False) -> float:
     report = json.loads((report_dir / "report.json").read_text())
     part = report["sequence"] if filtered else report
@@ -66,7 +73,7 @@ def evaluate_bundle(
     (with ``sequence``, vpr-eval's --sequence-* options, the sequence filter's)."""
     map_dir = out / "map"
     model = ("--model", bundle, "--overwrite", "--quiet")
-    if not (map_dir / "map.json").is_file():
+    if not is_current_map(map_dir):
         _run(BIN / "vpr-build-map", "--bag", bags / MAP_TRAVERSE, "--out", map_dir, *model)
     reports = out / "_".join(str(part).lstrip("-") for part in sequence) if sequence else out
     recalls = {}

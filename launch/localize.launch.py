@@ -1,12 +1,17 @@
 """Localize against a place map with the vpr_localizer lifecycle node.
 
     ros2 launch vpr_ros localize.launch.py model:=/path/bundle map:=/path/map image_topic:=/camera/image_raw
-    ros2 launch vpr_ros localize.launch.py ... sequence:=true odom_topic:=/odom   # the sequence filter
+    ros2 launch vpr_ros localize.launch.py ... sequence:=true odometry:=topic odom_topic:=/odom
+    ros2 launch vpr_ros localize.launch.py ... sequence:=true odometry:=tf publish_tf:=true initialpose:=true
 
 The node autostarts (``autostart: true`` in the params file); set it false to drive the lifecycle
 from a manager. Launch arguments override the params file (they are applied after it), in the style
-of nav2_bringup's localization_launch.py. Outputs: ``<namespace>/vpr_localizer/pose``,
-``.../matches``, ``.../markers``, ``.../map_markers``, ``.../keyframes`` and ``/diagnostics``.
+of nav2_bringup's localization_launch.py. Outputs: ``<namespace>/vpr_localizer/pose`` (the
+``base_frame``'s pose in the map frame), ``.../matches``, ``.../markers``, ``.../map_markers``,
+``.../keyframes``, ``/diagnostics``; with ``publish_tf`` ``map -> odom`` on /tf, with
+``initialpose`` confident fixes on ``/initialpose`` (Nav2 AMCL); ``.../relocalize`` (Trigger) waits
+for a fix after a kidnap. Several cameras: list them in the params file (``input.image_topics``,
+``frames.camera_extrinsics``).
 """
 
 from launch import LaunchDescription
@@ -50,9 +55,35 @@ def generate_launch_description() -> LaunchDescription:
             "sequence_length", default_value="10", description="frames per trajectory (sequence.length)"
         ),
         DeclareLaunchArgument(
-            "odom_topic",
+            "odometry",
+            default_value="none",
+            choices=["none", "topic", "tf"],
+            description="the robot's odometry: none, odom_topic (nav_msgs/Odometry) or TF odom -> base",
+        ),
+        DeclareLaunchArgument("odom_topic", default_value="/odom", description="with odometry:=topic"),
+        DeclareLaunchArgument(
+            "camera_extrinsic",
             default_value="",
-            description="nav_msgs/Odometry for the filter's motion ('' = speed range; sequence.odom_topic)",
+            description="base -> camera 'x y z qx qy qz qw' ('' = mounted like the mapping camera)",
+        ),
+        DeclareLaunchArgument("base_frame", default_value="base_link", description="robot base frame"),
+        DeclareLaunchArgument("odom_frame", default_value="odom", description="odometry frame"),
+        DeclareLaunchArgument(
+            "publish_tf",
+            default_value="false",
+            choices=["true", "false"],
+            description="publish map -> odom on /tf from confident fixes (needs odometry)",
+        ),
+        DeclareLaunchArgument(
+            "initialpose",
+            default_value="false",
+            choices=["true", "false"],
+            description="publish confident fixes as an initial pose (Nav2 AMCL, RTAB-Map)",
+        ),
+        DeclareLaunchArgument(
+            "initialpose_topic",
+            default_value="/initialpose",
+            description="AMCL: /initialpose; RTAB-Map: /rtabmap/initialpose",
         ),
         DeclareLaunchArgument(
             "params_file",
@@ -91,7 +122,16 @@ def generate_launch_description() -> LaunchDescription:
                 "input.transport": transport,
                 "sequence.enabled": ParameterValue(arg("sequence"), value_type=bool),
                 "sequence.length": ParameterValue(arg("sequence_length"), value_type=int),
-                "sequence.odom_topic": ParameterValue(arg("odom_topic"), value_type=str),
+                "odometry.source": arg("odometry"),
+                "odometry.topic": ParameterValue(arg("odom_topic"), value_type=str),
+                "frames.camera_extrinsics": ParameterValue(
+                    ["['", arg("camera_extrinsic"), "']"], value_type=list[str]
+                ),
+                "frames.base": arg("base_frame"),
+                "frames.odom": arg("odom_frame"),
+                "tf.publish_map_to_odom": ParameterValue(arg("publish_tf"), value_type=bool),
+                "relocalization.publish_initialpose": ParameterValue(arg("initialpose"), value_type=bool),
+                "relocalization.initialpose_topic": arg("initialpose_topic"),
                 "use_sim_time": arg("use_sim_time"),
             },
         ],

@@ -1,17 +1,23 @@
 """Map a route with the vpr_mapper lifecycle node while driving it once.
 
-    ros2 launch vpr_ros mapping.launch.py model:=/path/bundle map:=/path/new_map pose_topic:=/odom
+    ros2 launch vpr_ros mapping.launch.py model:=/path/bundle map:=/path/new_map pose_topic:=/amcl_pose \
+        pose_type:=pose_stamped camera_extrinsic:="[0.2, 0.0, 1.1, -0.5, 0.5, -0.5, 0.5]"
+    ros2 launch vpr_ros mapping.launch.py model:=... map:=/path/site append:=true pose_type:=tf
 
 Images and poses are paired by stamp; a keyframe is kept every keyframe_min_distance_m or
 keyframe_min_rotation_deg (params file). The map is saved on
 ``ros2 service call /vpr/vpr_mapper/save_map std_srvs/srv/Trigger`` and when the launch is stopped
-(Ctrl-C); an existing map at ``map`` is replaced only with ``overwrite:=true``.
+(Ctrl-C); an existing map at ``map`` is replaced only with ``overwrite:=true``, or gets this drive as
+a new session with ``append:=true``. Keyframe poses are the robot base's (``pose_type:=tf``: the
+``base_frame``'s pose in ``map_frame`` from /tf); the camera's ``camera_extrinsic`` is stored with
+the session. Map in a global frame (``map``), not in ``odom``: the node warns.
 """
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 BACKENDS = ["auto", "tensorrt", "onnxruntime", "torch"]
@@ -35,12 +41,25 @@ def generate_launch_description() -> LaunchDescription:
             choices=["true", "false"],
             description="subscribe to <image_topic>/compressed instead of the raw topic",
         ),
+        DeclareLaunchArgument(
+            "append",
+            default_value="false",
+            choices=["true", "false"],
+            description="add this drive as a new session of the map at 'map'",
+        ),
         DeclareLaunchArgument("pose_topic", default_value="/odom", description="pose source topic"),
         DeclareLaunchArgument(
             "pose_type",
             default_value="odometry",
-            choices=["odometry", "pose_stamped"],
-            description="nav_msgs/Odometry or geometry_msgs/PoseStamped",
+            choices=["odometry", "pose_stamped", "tf"],
+            description="nav_msgs/Odometry, geometry_msgs/PoseStamped, or TF (base_frame in map_frame)",
+        ),
+        DeclareLaunchArgument("map_frame", default_value="", description="map frame ('' = the poses')"),
+        DeclareLaunchArgument("base_frame", default_value="base_link", description="with pose_type:=tf"),
+        DeclareLaunchArgument(
+            "camera_extrinsic",
+            default_value="[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]",
+            description="base -> camera [x, y, z, qx, qy, qz, qw]",
         ),
         DeclareLaunchArgument(
             "backend", default_value="auto", choices=BACKENDS, description="inference backend"
@@ -78,6 +97,10 @@ def generate_launch_description() -> LaunchDescription:
                 "model.bundle_dir": arg("model"),
                 "map.dir": arg("map"),
                 "map.overwrite": arg("overwrite"),
+                "map.append": ParameterValue(arg("append"), value_type=bool),
+                "frames.map": arg("map_frame"),
+                "frames.base": arg("base_frame"),
+                "frames.camera_extrinsic": ParameterValue(arg("camera_extrinsic"), value_type=list[float]),
                 "model.backend": arg("backend"),
                 "model.precision": arg("precision"),
                 "input.transport": transport,

@@ -59,7 +59,41 @@ def _vector(values: Any, size: int, name: str) -> np.ndarray:
 DEFAULT_TOLERANCE_S = 0.05
 
 
-class ImagePosePairer:
+class WaitingImages:
+    """Images waiting for their pose: at most ``max_pending`` (the oldest is dropped first, counted
+    in ``dropped_overflow``), settled by the subclass's ``_settle`` (``final``: no more poses will
+    come) into :class:`Pair` s; ``paired`` and ``dropped_no_pose`` count the outcomes."""
+
+    def __init__(self, max_pending: int) -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+        self.max_pending = max_pending
+        self._pending: deque[tuple[int, Any]] = deque()
+        self.paired = 0
+        self.dropped_no_pose = 0
+        self.dropped_overflow = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def add_image(self, stamp_ns: int, payload: Any) -> list[Pair]:
+        """Queue an image; returns its pair at once when the poses known already settle it."""
+        self._pending.append((int(stamp_ns), payload))
+        if len(self._pending) > self.max_pending:
+            self._pending.popleft()
+            self.dropped_overflow += 1
+        return self._settle(final=False)
+
+    def flush(self) -> list[Pair]:
+        """Settle every waiting image with the poses known now (no more poses will come)."""
+        return self._settle(final=True)
+
+    def _settle(self, final: bool) -> list[Pair]:
+        raise NotImplementedError
+
+
+class ImagePosePairer(WaitingImages):
     """Stamp matching of images to poses; see the module docstring for the rule.
 
     ``add_pose`` and ``add_image`` return the pairs they complete (possibly several: one pose can
@@ -71,21 +105,13 @@ class ImagePosePairer:
     def __init__(self, tolerance_s: float, max_pending: int = 30, pose_history: int = 2000) -> None:
         if not tolerance_s >= 0:
             raise ValueError(f"tolerance_s must be >= 0, got {tolerance_s}")
-        if max_pending < 1 or pose_history < 1:
-            raise ValueError(f"max_pending and pose_history must be >= 1, got {max_pending}, {pose_history}")
+        if pose_history < 1:
+            raise ValueError(f"pose_history must be >= 1, got {pose_history}")
+        super().__init__(max_pending)
         self.tolerance_ns = round(tolerance_s * 1e9)
-        self.max_pending = max_pending
         self.pose_history = pose_history
         self._stamps: list[int] = []
         self._poses: list[tuple[np.ndarray, np.ndarray]] = []
-        self._pending: deque[tuple[int, Any]] = deque()
-        self.paired = 0
-        self.dropped_no_pose = 0
-        self.dropped_overflow = 0
-
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
 
     def add_pose(self, stamp_ns: int, position: Any, orientation: Any) -> list[Pair]:
         """Record a pose (kept sorted by stamp; a repeated stamp replaces the earlier pose; the
@@ -102,18 +128,6 @@ class ImagePosePairer:
         if len(self._stamps) > self.pose_history:
             del self._stamps[0], self._poses[0]
         return self._settle(final=False)
-
-    def add_image(self, stamp_ns: int, payload: Any) -> list[Pair]:
-        """Queue an image; returns its pair at once when the poses already settle it."""
-        self._pending.append((int(stamp_ns), payload))
-        if len(self._pending) > self.max_pending:
-            self._pending.popleft()
-            self.dropped_overflow += 1
-        return self._settle(final=False)
-
-    def flush(self) -> list[Pair]:
-        """Settle every waiting image with the poses known now (no more poses will come)."""
-        return self._settle(final=True)
 
     def _settle(self, final: bool) -> list[Pair]:
         """Pairs of the waiting images whose choice is certain (all of them when ``final``)."""

@@ -44,7 +44,7 @@ import numpy as np
 
 from vpr_ros.errors import InputError
 from vpr_ros.geometry import compose, quat_normalize, quat_rotate
-from vpr_ros.io.pose_sync import Pair, stamp_ns
+from vpr_ros.io.pose_sync import Pair, WaitingImages, stamp_ns
 
 __all__ = ["ImageTransformPairer", "TransformBuffer", "TransformUnavailable", "clean_frame_id"]
 
@@ -270,7 +270,7 @@ class TransformBuffer:
         return p0 + ratio * (p1 - p0), _slerp(q0, q1, ratio)
 
 
-class ImageTransformPairer:
+class ImageTransformPairer(WaitingImages):
     """Images paired with the pose of ``source`` in ``target`` at their stamps, from TF.
 
     The counterpart of :class:`~vpr_ros.io.pose_sync.ImagePosePairer` for poses on TF, with the
@@ -283,39 +283,17 @@ class ImageTransformPairer:
     """
 
     def __init__(self, buffer: TransformBuffer, target: str, source: str, max_pending: int = 30) -> None:
-        if max_pending < 1:
-            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+        super().__init__(max_pending)
         self.buffer = buffer
         self.target = clean_frame_id(target, "target frame id")
         self.source = clean_frame_id(source, "source frame id")
-        self.max_pending = max_pending
-        self._pending: deque[tuple[int, Any]] = deque()
-        self.paired = 0
-        self.dropped_no_pose = 0
-        self.dropped_overflow = 0
         self.last_failure: str | None = None
-
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
 
     def add_transforms(self, msg: Any, static: bool = False) -> list[Pair]:
         """Record a tf2_msgs/TFMessage (see :meth:`TransformBuffer.add_message`) and return the
         waiting images it settles."""
         self.buffer.add_message(msg, static)
         return self._settle(final=False)
-
-    def add_image(self, stamp_ns: int, payload: Any) -> list[Pair]:
-        """Queue an image; returns its pair at once when the buffer already settles it."""
-        self._pending.append((int(stamp_ns), payload))
-        if len(self._pending) > self.max_pending:
-            self._pending.popleft()
-            self.dropped_overflow += 1
-        return self._settle(final=False)
-
-    def flush(self) -> list[Pair]:
-        """Pair every waiting image the buffer can answer now (no more transforms will come)."""
-        return self._settle(final=True)
 
     def _settle(self, final: bool) -> list[Pair]:
         """Pairs of the waiting images whose pose is certain (all of them when ``final``)."""

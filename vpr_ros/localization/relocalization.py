@@ -29,7 +29,7 @@ from vpr_ros.localization.robot_pose import Pose, inverse
 
 @dataclass(frozen=True)
 class GateSettings:
-    consistent_frames: int = 3
+    consistent_frames: int = 2
     max_disagreement_m: float = 3.0
     max_speed_mps: float = 2.0
 

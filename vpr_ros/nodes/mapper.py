@@ -99,9 +99,9 @@ class Mapper(VprNode):
         else:
             self.pairer = ImagePosePairer(float(cfg["mapper.sync_tolerance_s"]))
         self.builder = None
-        how = "a new session of" if cfg["map.append"] else ""
+        how = "a new session of " if cfg["map.append"] else ""
         self.get_logger().info(
-            f"model {self.bundle.summary()} on {self.backend.describe()}; map -> {how} {out}"
+            f"model {self.bundle.summary()} on {self.backend.describe()}; map -> {how}{out}"
         )
 
     def _existing_map(self) -> PlaceMap:

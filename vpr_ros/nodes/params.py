@@ -119,7 +119,7 @@ LOCALIZER: tuple[Param, ...] = (
     Param("sequence.switch_cost", 1.0, "lead per frame of history (normalised units, up to 10 frames) a "
           "trajectory elsewhere needs to move the answer away from the place it follows (0 = none)",
           0.0, 100.0, dynamic=True),
-    Param("relocalization.consistent_frames", 3, "a fix (for map -> odom, /initialpose, ~/relocalize) is "
+    Param("relocalization.consistent_frames", 2, "a fix (for map -> odom, /initialpose, ~/relocalize) is "
           "this many trusted answers in a row that agree with the odometry", 1, 100, dynamic=True),
     Param("relocalization.max_disagreement_m", 3.0, "how far an answer may be from where the previous one "
           "and the odometry put the robot (m; without odometry plus sequence.max_speed_mps x time)",
