@@ -37,6 +37,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry, Path
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import SetBool, Trigger
@@ -91,7 +92,11 @@ class Localizer(VprNode):
         self.marker_pub = self.create_publisher(MarkerArray, "~/markers", RESULT_QOS)
         self.map_marker_pub = self.create_publisher(MarkerArray, "~/map_markers", LATCHED_QOS)
         self.path_pub = self.create_publisher(Path, "~/keyframes", LATCHED_QOS)
-        self.create_service(Trigger, "~/reload_map", self._reload_map)
+        # A reload reads, hashes and indexes the whole map: its own group keeps the executor's other
+        # work (frames, diagnostics, services) going meanwhile; the new map is swapped in at once.
+        self.create_service(
+            Trigger, "~/reload_map", self._reload_map, callback_group=MutuallyExclusiveCallbackGroup()
+        )
         self.create_service(SetBool, "~/set_enabled", self._set_enabled)
         self.create_service(Trigger, "~/reset_sequence", self._reset_sequence)
         self.add_post_set_parameters_callback(self._apply_parameters)

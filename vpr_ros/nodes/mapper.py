@@ -11,10 +11,17 @@ about once.
 Publishes the keyframe trajectory on ``~/keyframes`` (nav_msgs/Path, latched) for RViz. The map is
 saved atomically on ``~/save_map`` (std_srvs/Trigger) and on shutdown (SIGINT/SIGTERM): a crash
 mid-save leaves the previous map whole.
+
+The callbacks only pair images with poses (cheap); a worker thread offers the pairs to the builder,
+which decodes and embeds the keyframes, so an embedding never holds up the executor (poses, images,
+``~/save_map``, the keyframe timer). The builder is shared by the worker, the services, the timer
+and diagnostics under one lock; a save first drains the pairs still queued.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -27,7 +34,7 @@ from visualization_msgs.msg import MarkerArray
 
 from vpr_ros.errors import InputError
 from vpr_ros.io.image_codec import message_to_rgb
-from vpr_ros.io.pose_sync import ImagePosePairer, stamp_ns
+from vpr_ros.io.pose_sync import ImagePosePairer, Pair, stamp_ns
 from vpr_ros.io.tf_buffer import ImageTransformPairer, TransformBuffer
 from vpr_ros.mapping.keyframes import KeyframeSelector
 from vpr_ros.mapping.map_builder import MapBuilder
@@ -44,6 +51,9 @@ IMAGE_DEPTH = 10
 # ~/keyframes and ~/markers carry the whole map (building them is O(keyframes)), so they are
 # refreshed by a timer rather than on every new keyframe in the image callback.
 KEYFRAMES_PERIOD_S = 0.5
+# Paired frames waiting for the worker: seconds of camera frames while one keyframe is embedded.
+# Beyond it the newest pairs are dropped and counted (the next frame becomes the keyframe).
+PAIR_QUEUE = 60
 
 
 class Mapper(VprNode):
@@ -62,9 +72,10 @@ class Mapper(VprNode):
         self.invalid_poses = 0
         self._keyframes_changed = False
         self._pose_subs: list = []
-        # Poses, images, services and timers all share one group: the builder is not thread-safe
-        # (embedding in the image callback blocks ~/save_map until it is done).
-        self.intake_group = self.default_callback_group
+        self._builder_lock = threading.Lock()
+        self._pairs: queue.Queue[Pair | None] = queue.Queue(maxsize=PAIR_QUEUE)
+        self._worker: threading.Thread | None = None
+        self.dropped_busy = 0
         self.path_pub = self.create_publisher(Path, "~/keyframes", LATCHED_QOS)
         self.marker_pub = self.create_publisher(MarkerArray, "~/markers", LATCHED_QOS)
         self.create_service(Trigger, "~/save_map", self._save_service)
@@ -143,13 +154,20 @@ class Mapper(VprNode):
             self.get_logger().info(
                 f"poses from {topic} ({'nav_msgs/Odometry' if odometry else 'PoseStamped'})"
             )
+        self._worker = threading.Thread(target=self._offer_pairs, name="vpr_mapper_worker", daemon=True)
+        self._worker.start()
         return super().on_activate(state)
 
     def on_deactivate(self, state):
         for subscription in self._pose_subs:
             self.destroy_subscription(subscription)
         self._pose_subs = []
-        return super().on_deactivate(state)
+        result = super().on_deactivate(state)
+        if self._worker is not None:
+            self._pairs.put(None)  # after the queued pairs: they are offered first
+            self._worker.join(timeout=60.0)
+            self._worker = None
+        return result
 
     def release(self) -> None:
         self.backend = None
@@ -212,16 +230,32 @@ class Mapper(VprNode):
             return
         self._handle(self.pairer.add_image(stamp_ns(msg.header), msg))
 
-    def _handle(self, pairs) -> None:
+    def _handle(self, pairs: list[Pair]) -> None:
+        """Hand the paired frames to the worker (never blocks: a full queue drops and counts)."""
         for pair in pairs:
-            added = self._builder().offer(  # an undecodable keyframe is logged and counted there
-                pair.stamp_ns,
-                lambda msg=pair.payload: message_to_rgb(msg),
-                pair.position,
-                pair.orientation,
-                f"{self.image_topic}@{pair.stamp_ns}",
-            )
-            self._keyframes_changed |= added
+            try:
+                self._pairs.put_nowait(pair)
+            except queue.Full:
+                self.dropped_busy += 1
+                self.get_logger().warning(
+                    "frames dropped: embedding keyframes is slower than the camera", throttle_duration_sec=5.0
+                )
+
+    def _offer_pairs(self) -> None:
+        """The worker: offer each pair to the builder, until the None put by on_deactivate."""
+        while (pair := self._pairs.get()) is not None:
+            with self._builder_lock:
+                self._offer(pair)
+
+    def _offer(self, pair: Pair) -> None:
+        added = self._builder().offer(  # an undecodable keyframe is logged and counted there
+            pair.stamp_ns,
+            lambda msg=pair.payload: message_to_rgb(msg),
+            pair.position,
+            pair.orientation,
+            f"{self.image_topic}@{pair.stamp_ns}",
+        )
+        self._keyframes_changed |= added
 
     def _builder(self) -> MapBuilder:
         if self.builder is None:  # the map frame is known once the first pose arrived
@@ -246,15 +280,28 @@ class Mapper(VprNode):
     # ---------------------------------------------------------------- outputs and services
 
     def _publish_keyframes(self) -> None:
-        if not self._keyframes_changed or self.builder is None:
-            return
-        self._keyframes_changed = False
-        self.publish_map(self.builder.place_map, self.path_pub, self.marker_pub)
+        with self._builder_lock:
+            if not self._keyframes_changed or self.builder is None:
+                return
+            self._keyframes_changed = False
+            self.publish_map(self.builder.place_map, self.path_pub, self.marker_pub)
 
     def save(self) -> str:
-        """Save the map atomically; returns a one-line summary (raises InputError on failure)."""
-        if self.builder is None or len(self.builder.place_map) == 0:
-            raise InputError("no keyframes yet: nothing to save")
+        """Save the map atomically, after the pairs still queued; returns a one-line summary (raises
+        InputError on failure)."""
+        with self._builder_lock:
+            while True:
+                try:
+                    pair = self._pairs.get_nowait()
+                except queue.Empty:
+                    break
+                if pair is not None:
+                    self._offer(pair)
+            return self._save()
+
+    def _save(self) -> str:
+        if self.builder is None or len(self.builder.place_map) == 0 and not self.builder.summary()["pending"]:
+            raise NothingToSave("no keyframes yet: nothing to save")
         self.builder.flush()
         out = FsPath(str(self.config["map.dir"])).expanduser()
         self.builder.place_map.save(out, overwrite=True)  # configure checked that map.dir may be written
@@ -277,7 +324,8 @@ class Mapper(VprNode):
         return response
 
     def _reset_service(self, request, response):
-        self.builder = None
+        with self._builder_lock:
+            self.builder = None
         response.success, response.message = True, "in-memory keyframes cleared (nothing deleted on disk)"
         return response
 
@@ -289,11 +337,12 @@ class Mapper(VprNode):
             if self.frame_refusal
             else (DiagnosticStatus.OK, "mapping")
         )
-        summary = (
-            self.builder.summary()
-            if self.builder is not None
-            else {"keyframes": 0, "travelled_m": 0.0, "undecodable": 0}
-        )
+        with self._builder_lock:
+            summary = (
+                self.builder.summary()
+                if self.builder is not None
+                else {"keyframes": 0, "travelled_m": 0.0, "undecodable": 0}
+            )
         return (
             level,
             message,
@@ -304,6 +353,7 @@ class Mapper(VprNode):
                 "frames without pose": self.pairer.dropped_no_pose,
                 "poses invalid": self.invalid_poses,
                 "frames undecodable": summary["undecodable"],
+                "frames dropped (embedding busy)": self.dropped_busy,
                 "keyframes": summary["keyframes"],
                 "travelled m": float(summary["travelled_m"]),
                 "saved to": self.saved_to,
@@ -316,11 +366,17 @@ def _pose_qos() -> QoSProfile:
     return QoSProfile(depth=POSE_DEPTH, reliability=CAMERA_QOS.reliability, history=CAMERA_QOS.history)
 
 
+class NothingToSave(InputError):
+    """~/save_map or shutdown before the first keyframe."""
+
+
 def _save_on_exit(node: Mapper) -> None:
-    if node.builder is None or len(node.builder.place_map) == 0:
+    if node.backend is None:  # never configured
         return
     try:
         print(node.save(), flush=True)
+    except NothingToSave:
+        return
     except (InputError, OSError) as exc:
         print(f"vpr_mapper: map not saved: {exc}", flush=True)
 

@@ -38,9 +38,24 @@ def match_cloud(header: Header, rows: np.ndarray) -> PointCloud2:
     return msg
 
 
+# The map layers are for looking at in RViz: past this many keyframes every n-th one is drawn.
+# Building one Python message object per keyframe took seconds for 60,000 keyframes and held the
+# interpreter lock from the frames meanwhile (a map reload); 5,000 draw a 5 km route at 1 m.
+MAX_DRAWN_KEYFRAMES = 5000
+
+
+def drawn(count: int) -> slice:
+    """Every n-th of ``count`` keyframes, so at most :data:`MAX_DRAWN_KEYFRAMES` are drawn."""
+    return slice(None, None, max(1, -(-count // MAX_DRAWN_KEYFRAMES)))
+
+
 def keyframe_path(header: Header, positions: np.ndarray, orientations: np.ndarray) -> Path:
+    """The keyframes as a nav_msgs/Path, thinned to :data:`MAX_DRAWN_KEYFRAMES`."""
+    step = drawn(len(positions))
     path = Path(header=header)
-    path.poses = [PoseStamped(header=header, pose=pose_msg(p, q)) for p, q in zip(positions, orientations)]
+    path.poses = [
+        PoseStamped(header=header, pose=pose_msg(p, q)) for p, q in zip(positions[step], orientations[step])
+    ]
     return path
 
 
@@ -49,12 +64,14 @@ def _colour(r: float, g: float, b: float, a: float = 1.0) -> ColorRGBA:
 
 
 def map_markers(header: Header, positions: np.ndarray, namespace: str = "map") -> MarkerArray:
-    """The keyframes as one sphere list (grey)."""
+    """The keyframes as one sphere list (grey), thinned to :data:`MAX_DRAWN_KEYFRAMES`."""
     marker = Marker(header=header, ns=namespace, id=0, type=Marker.SPHERE_LIST, action=Marker.ADD)
     marker.pose.orientation.w = 1.0
     marker.scale.x = marker.scale.y = marker.scale.z = 0.6
     marker.color = _colour(0.6, 0.6, 0.6, 0.8)
-    marker.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in positions]
+    marker.points = [
+        Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in positions[drawn(len(positions))]
+    ]
     return MarkerArray(markers=[marker])
 
 
