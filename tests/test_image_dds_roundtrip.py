@@ -1,9 +1,9 @@
 """A real ROS 2 round trip: images built by image_codec in another process, received over DDS.
 
 This checks what the unit tests cannot: that rclpy accepts the messages ``to_image_msg`` and
-``to_compressed_msg`` build, that a padded ``step`` survives serialization and transport, and
-that a best-effort depth-1 subscriber (the localizer's camera QoS) gets them from a reliable
-publisher.
+``to_compressed_msg`` build, that a padded ``step`` survives serialization and transport (also for
+Bayer, 4:2:2 and the two-plane nv12, whose padding follows every row of both planes), and that a
+best-effort depth-1 subscriber (the localizer's camera QoS) gets them from a reliable publisher.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 from conftest import requires_rclpy
 
-HEIGHT, WIDTH, SEED, PAD = 24, 32, 7, 5
+# PAD is even (16-bit rows) and leaves bgr8 rows a step that is not a multiple of 3.
+HEIGHT, WIDTH, SEED, PAD = 24, 32, 7, 10
 TIMEOUT_S = 30.0
 
 # Runs in a separate interpreter (``python -c``, cwd = repository root, so vpr_ros is importable).
@@ -28,11 +30,13 @@ from vpr_ros.io.image_codec import (
     rgb_to_compressed_fields, rgb_to_image_fields, to_compressed_msg, to_image_msg,
 )
 
-height, width, seed, pad = map(int, sys.argv[1:])
+encoding = sys.argv[1]
+height, width, seed, pad = map(int, sys.argv[2:])
 rgb = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-fields = rgb_to_image_fields(rgb, "bgr8")
-rows = np.full((height, fields.step + pad), 0xAB, np.uint8)  # padding bytes must be skipped
-rows[:, : fields.step] = np.frombuffer(fields.data, np.uint8).reshape(height, fields.step)
+fields = rgb_to_image_fields(rgb, encoding)
+buffer_rows = np.frombuffer(fields.data, np.uint8).reshape(-1, fields.step)  # 1.5 * height for nv12
+rows = np.full((len(buffer_rows), fields.step + pad), 0xAB, np.uint8)  # padding bytes must be skipped
+rows[:, : fields.step] = buffer_rows
 fields = dataclasses.replace(fields, step=fields.step + pad, data=rows.tobytes())
 compressed = rgb_to_compressed_fields(rgb, "png")
 
@@ -89,14 +93,16 @@ def _receive_both(node, executor, publisher) -> dict:
 
 
 @requires_rclpy
-def test_image_and_compressed_image_survive_dds(ros_process) -> None:
+@pytest.mark.parametrize("encoding", ["bgr8", "bayer_rggb8", "yuv422_yuy2", "nv12", "bayer_grbg16"])
+def test_image_and_compressed_image_survive_dds(ros_process, encoding: str) -> None:
+    """The Image decodes exactly like the unpadded fields it was built from; bgr8 gives the pattern back."""
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
 
-    from vpr_ros.io.image_codec import message_to_rgb
+    from vpr_ros.io.image_codec import image_to_rgb, message_to_rgb, rgb_to_image_fields
 
-    publisher = ros_process(["-c", PUBLISHER, str(HEIGHT), str(WIDTH), str(SEED), str(PAD)])
+    publisher = ros_process(["-c", PUBLISHER, encoding, str(HEIGHT), str(WIDTH), str(SEED), str(PAD)])
     context = Context()
     rclpy.init(args=None, context=context)
     try:
@@ -112,9 +118,13 @@ def test_image_and_compressed_image_survive_dds(ros_process) -> None:
         rclpy.shutdown(context=context)
 
     image, compressed = received["image"], received["compressed"]
-    assert (image.encoding, image.step, image.height, image.width) == ("bgr8", WIDTH * 3 + PAD, HEIGHT, WIDTH)
+    sent = rgb_to_image_fields(pattern(), encoding)
+    layout = (image.encoding, image.step, image.height, image.width)
+    assert layout == (encoding, sent.step + PAD, HEIGHT, WIDTH)
+    assert len(image.data) == len(sent.data) // sent.step * image.step  # every buffer row padded
     assert compressed.format == "rgb8; png compressed bgr8"
-    for msg in (image, compressed):
+    expected = pattern() if encoding == "bgr8" else image_to_rgb(sent)
+    for msg, want in ((image, expected), (compressed, pattern())):
         out = message_to_rgb(msg)
         assert out.dtype == np.uint8 and out.flags.c_contiguous
-        np.testing.assert_array_equal(out, pattern())
+        np.testing.assert_array_equal(out, want)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import array
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import cv2
@@ -50,28 +52,128 @@ class ImageConversionError(ValueError):
     """A message cannot be converted; the text names the problem on one line."""
 
 
+# RGB uint8 [H, W, 3] -> the rows of a message's buffer ([rows, W] or [rows, W, channels]).
+_Encoder = Callable[[np.ndarray], np.ndarray]
+
+
 @dataclass(frozen=True)
 class _Encoding:
-    """Layout of one raw encoding and the OpenCV conversions to and from RGB (None = identity)."""
+    """Layout of one raw encoding and its conversions to and from RGB.
+
+    A pixel is ``channels`` samples of ``dtype`` (packed 4:2:2 has two: its Y and, alternately, U or
+    V). ``to_rgb`` is the OpenCV conversion and ``from_rgb`` the encoder (None = identity for both).
+    Subsampled chroma is shared by ``block`` (rows, columns) pixels, so the image must be made of
+    whole blocks; a ``semiplanar`` buffer is the Y plane followed by a half-height plane of
+    interleaved chroma, both ``step`` bytes per row.
+    """
 
     channels: int
     dtype: type[np.unsignedinteger]
     to_rgb: int | None
-    from_rgb: int | None
+    from_rgb: _Encoder | None
+    block: tuple[int, int] = (1, 1)
+    semiplanar: bool = False
 
+
+def _cvt(code: int) -> _Encoder:
+    """An encoder that is one OpenCV conversion: channel order, alpha or BT.601 grey."""
+    return partial(cv2.cvtColor, code=code)
+
+
+# The Bayer, 4:2:2 and 4:2:0 encoders below are numpy, not OpenCV, so that the tests compare
+# OpenCV's decoding with an independent reference of each layout.
+
+
+def _mosaic(rgb: np.ndarray, pattern: str) -> np.ndarray:
+    """Bayer mosaic [H, W]: every pixel keeps one colour, ``pattern`` naming the 2x2 tile row by row."""
+    out = np.empty(rgb.shape[:2], np.uint8)
+    for (row, col), colour in zip(((0, 0), (0, 1), (1, 0), (1, 1)), pattern):
+        out[row::2, col::2] = rgb[row::2, col::2, "rgb".index(colour)]
+    return out
+
+
+# ITU-R BT.601 RGB -> YUV in limited range (Y 16..235, U and V 16..240): the matrix whose inverse
+# OpenCV's YUV2RGB_UYVY, _YUY2, _NV12 and _NV21 apply (R = 1.164 (Y - 16) + 1.596 (V - 128), ...).
+_RGB_TO_YUV = (
+    np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]) / 255
+)
+_YUV_OFFSET = np.array([16.0, 128.0, 128.0])
+
+
+def _yuv(rgb: np.ndarray) -> np.ndarray:
+    """Y, U, V of every pixel [H, W, 3], unrounded: chroma is averaged over its block before rounding."""
+    return rgb @ _RGB_TO_YUV.T + _YUV_OFFSET
+
+
+def _round_u8(values: np.ndarray) -> np.ndarray:
+    """Nearest 8-bit level (limited-range Y, U and V lie in 16..240: nothing to saturate)."""
+    return np.rint(values).astype(np.uint8)
+
+
+def _yuv422(rgb: np.ndarray, luma_first: bool) -> np.ndarray:
+    """Packed 4:2:2 [H, W, 2]: a pixel pair shares its mean U and V, in bytes U Y0 V Y1 or Y0 U Y1 V."""
+    yuv = _yuv(rgb)
+    chroma = (yuv[:, 0::2, 1:] + yuv[:, 1::2, 1:]) / 2  # [H, W/2, (U, V)]: flattened, U and V alternate
+    luma, other = (0, 1) if luma_first else (1, 0)
+    out = np.empty((*rgb.shape[:2], 2), np.uint8)
+    out[..., luma] = _round_u8(yuv[..., 0])
+    out[..., other] = _round_u8(chroma).reshape(rgb.shape[:2])
+    return out
+
+
+def _yuv420sp(rgb: np.ndarray, v_first: bool) -> np.ndarray:
+    """NV12 [H*3/2, W]: the Y plane, then the mean U and V of each 2x2 block, interleaved (V first: NV21)."""
+    height, width = rgb.shape[:2]
+    yuv = _yuv(rgb)
+    chroma = yuv[..., 1:].reshape(height // 2, 2, width // 2, 2, 2).mean(axis=(1, 3))
+    if v_first:
+        chroma = chroma[..., ::-1]
+    return np.concatenate([_round_u8(yuv[..., 0]), _round_u8(chroma).reshape(height // 2, width)])
+
+
+# OpenCV names a Bayer pattern by the 2nd and 3rd pixels of its second row, ROS by the top-left 2x2
+# tile: rggb is OpenCV's BayerBG (cv_bridge's getConversionCodes has the same mapping).
+_BAYER_TO_RGB = {
+    "rggb": cv2.COLOR_BayerBG2RGB,
+    "bggr": cv2.COLOR_BayerRG2RGB,
+    "gbrg": cv2.COLOR_BayerGR2RGB,
+    "grbg": cv2.COLOR_BayerGB2RGB,
+}
 
 # 16-bit data is reduced to 8 bit by ``value >> 8`` (keep the high byte, i.e. assume the full
-# 0..65535 range is used) and written back as ``value * 257`` so that 0 -> 0 and 255 -> 65535.
+# 0..65535 range is used) before any conversion, and written back as ``value * 257`` so that
+# 0 -> 0 and 255 -> 65535.
 _ENCODINGS: dict[str, _Encoding] = {
     "rgb8": _Encoding(3, np.uint8, None, None),
-    "bgr8": _Encoding(3, np.uint8, cv2.COLOR_BGR2RGB, cv2.COLOR_RGB2BGR),
-    "rgba8": _Encoding(4, np.uint8, cv2.COLOR_RGBA2RGB, cv2.COLOR_RGB2RGBA),
-    "bgra8": _Encoding(4, np.uint8, cv2.COLOR_BGRA2RGB, cv2.COLOR_RGB2BGRA),
-    "mono8": _Encoding(1, np.uint8, cv2.COLOR_GRAY2RGB, cv2.COLOR_RGB2GRAY),
-    "mono16": _Encoding(1, np.uint16, cv2.COLOR_GRAY2RGB, cv2.COLOR_RGB2GRAY),
+    "bgr8": _Encoding(3, np.uint8, cv2.COLOR_BGR2RGB, _cvt(cv2.COLOR_RGB2BGR)),
+    "rgba8": _Encoding(4, np.uint8, cv2.COLOR_RGBA2RGB, _cvt(cv2.COLOR_RGB2RGBA)),
+    "bgra8": _Encoding(4, np.uint8, cv2.COLOR_BGRA2RGB, _cvt(cv2.COLOR_RGB2BGRA)),
+    "mono8": _Encoding(1, np.uint8, cv2.COLOR_GRAY2RGB, _cvt(cv2.COLOR_RGB2GRAY)),
+    "mono16": _Encoding(1, np.uint16, cv2.COLOR_GRAY2RGB, _cvt(cv2.COLOR_RGB2GRAY)),
+    "rgb16": _Encoding(3, np.uint16, None, None),
+    "bgr16": _Encoding(3, np.uint16, cv2.COLOR_BGR2RGB, _cvt(cv2.COLOR_RGB2BGR)),
+    "rgba16": _Encoding(4, np.uint16, cv2.COLOR_RGBA2RGB, _cvt(cv2.COLOR_RGB2RGBA)),
+    "bgra16": _Encoding(4, np.uint16, cv2.COLOR_BGRA2RGB, _cvt(cv2.COLOR_RGB2BGRA)),
+    **{
+        f"bayer_{pattern}{bits}": _Encoding(1, dtype, code, partial(_mosaic, pattern=pattern))
+        for bits, dtype in ((8, np.uint8), (16, np.uint16))
+        for pattern, code in _BAYER_TO_RGB.items()
+    },
+    "yuv422": _Encoding(2, np.uint8, cv2.COLOR_YUV2RGB_UYVY, partial(_yuv422, luma_first=False), (1, 2)),
+    "yuv422_yuy2": _Encoding(2, np.uint8, cv2.COLOR_YUV2RGB_YUY2, partial(_yuv422, luma_first=True), (1, 2)),
+    "nv12": _Encoding(1, np.uint8, cv2.COLOR_YUV2RGB_NV12, partial(_yuv420sp, v_first=False), (2, 2), True),
+    "nv21": _Encoding(1, np.uint8, cv2.COLOR_YUV2RGB_NV21, partial(_yuv420sp, v_first=True), (2, 2), True),
 }
-# OpenCV type names, read the way cv_bridge reads them (3 channels are BGR, 4 are BGRA).
-_ALIASES = {"8UC1": "mono8", "8UC3": "bgr8", "8UC4": "bgra8", "16UC1": "mono16"}
+# OpenCV type names, read the way cv_bridge reads them (3 channels are BGR, 4 are BGRA), and the
+# FourCC names sensor_msgs gives the two 4:2:2 byte orders since Iron.
+_ALIASES = {
+    "8UC1": "mono8",
+    "8UC3": "bgr8",
+    "8UC4": "bgra8",
+    "16UC1": "mono16",
+    "uyvy": "yuv422",
+    "yuyv": "yuv422_yuy2",
+}
 _SUPPORTED = ", ".join([*_ENCODINGS, *_ALIASES])
 
 # image_transport "compressed" plugin codecs (tiff since Iron) and the old bare spelling "jpg".
@@ -138,31 +240,46 @@ def _to_rgb8(img: np.ndarray, code: int | None) -> np.ndarray:
     return np.array(img, order="C") if code is None else cv2.cvtColor(img, code)
 
 
+def _check_blocks(what: str, enc: _Encoding, height: int, width: int) -> None:
+    """Refuse a size that splits a block of pixels sharing chroma (OpenCV would assert or crop)."""
+    if height % enc.block[0] or width % enc.block[1]:
+        even = " and ".join(side for side, size in zip(("height", "width"), enc.block) if size == 2)
+        raise ImageConversionError(
+            f"{what} needs an even {even} (chroma is shared by {enc.block[0]}x{enc.block[1]} pixels), "
+            f"got {height}x{width}"
+        )
+
+
 def image_to_rgb(msg: Any) -> np.ndarray:
     """Convert a raw ``sensor_msgs/Image`` (rclpy, rosbags or :class:`ImageFields`) to RGB uint8.
 
     Rows are ``step`` bytes long, of which the first ``width * bytes_per_pixel`` are used; bytes
-    after ``step * height`` are ignored. ``is_bigendian`` is honoured for 16-bit encodings, which
-    are reduced to 8 bit by ``value >> 8``. Alpha is dropped and grey is replicated to 3 channels.
+    after the last row are ignored. nv12 and nv21 have ``height * 3/2`` rows: the Y plane, then the
+    interleaved chroma plane (``step`` is the Y row stride, as sensor_msgs defines it).
+    ``is_bigendian`` is honoured for 16-bit encodings, which are reduced to 8 bit by ``value >> 8``
+    before demosaicing or colour conversion. Alpha is dropped and grey is replicated to 3 channels.
     """
-    enc = _lookup(getattr(msg, "encoding", None))
+    encoding = getattr(msg, "encoding", None)
+    enc = _lookup(encoding)
     height, width, step = (_int_field(msg, name) for name in ("height", "width", "step"))
     if height <= 0 or width <= 0:
         raise ImageConversionError(f"{_IMAGE}: height and width must be positive, got {height}x{width}")
+    _check_blocks(f"{_IMAGE}: {encoding}", enc, height, width)
     itemsize = np.dtype(enc.dtype).itemsize
     row_bytes = width * enc.channels * itemsize
     if step < row_bytes:
         raise ImageConversionError(f"{_IMAGE}: step {step} < width*bpp {row_bytes}")
     if step % itemsize:
         raise ImageConversionError(f"{_IMAGE}: step {step} is not a multiple of {itemsize} for 16-bit pixels")
+    rows, rows_text = (height * 3 // 2, "height*3/2") if enc.semiplanar else (height, "height")
     buf = _buffer(getattr(msg, "data", None), _IMAGE)
-    if buf.size < step * height:  # checked before any allocation: declared sizes may be absurd
+    if buf.size < step * rows:  # checked before any allocation: declared sizes may be absurd
         raise ImageConversionError(
-            f"{_IMAGE}: data has {buf.size} bytes, expected at least step*height = {step * height}"
+            f"{_IMAGE}: data has {buf.size} bytes, expected at least step*{rows_text} = {step * rows}"
         )
     dtype = np.dtype(enc.dtype).newbyteorder(">" if _int_field(msg, "is_bigendian") else "<")
     pixels = np.ndarray(
-        (height, width, enc.channels),
+        (rows, width, enc.channels),
         dtype=dtype,
         buffer=buf,
         strides=(step, enc.channels * itemsize, itemsize),
@@ -291,16 +408,20 @@ def _check_rgb(rgb: object) -> np.ndarray:
 def rgb_to_image_fields(rgb: np.ndarray, encoding: str = "rgb8") -> ImageFields:
     """Encode RGB uint8 as a raw image in ``encoding`` (any name :func:`image_to_rgb` accepts).
 
-    Grey is ITU-R BT.601 luma (``cv2.COLOR_RGB2GRAY``); 16 bit is ``grey * 257``, little-endian.
-    Rows are unpadded (``step = width * bytes_per_pixel``) and alpha is opaque (255).
+    Grey is ITU-R BT.601 luma (``cv2.COLOR_RGB2GRAY``); 16 bit is ``value * 257``, little-endian;
+    alpha is opaque (255). Bayer keeps each pixel's colour of the pattern; YUV is BT.601 limited
+    range with the chroma of a block the mean of its pixels (what OpenCV's RGB2YUV_UYVY writes).
+    Rows are unpadded (``step = width * bytes_per_pixel``).
     """
     rgb = _check_rgb(rgb)
     enc = _lookup(encoding)
-    out = rgb if enc.from_rgb is None else cv2.cvtColor(rgb, enc.from_rgb)
+    height, width = rgb.shape[:2]
+    _check_blocks(encoding, enc, height, width)
+    out = rgb if enc.from_rgb is None else enc.from_rgb(rgb)
     if enc.dtype == np.uint16:
         out = (out.astype(np.uint16) * 257).astype("<u2")
-    height, width = rgb.shape[:2]
-    return ImageFields(height, width, encoding, 0, out.nbytes // height, out.tobytes())
+    step = width * enc.channels * np.dtype(enc.dtype).itemsize
+    return ImageFields(height, width, encoding, 0, step, out.tobytes())
 
 
 def rgb_to_compressed_fields(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> CompressedFields:
