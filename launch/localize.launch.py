@@ -16,6 +16,7 @@ for a fix after a kidnap. Several cameras: list them in the params file (``input
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
@@ -92,6 +93,14 @@ def generate_launch_description() -> LaunchDescription:
         ),
         DeclareLaunchArgument("namespace", default_value="vpr", description="namespace of the node"),
         DeclareLaunchArgument(
+            "fastdds_profile",
+            default_value=PathJoinSubstitution(
+                [FindPackageShare("vpr_ros"), "config", "fastdds_large_images.xml"]
+            ),
+            description="Fast DDS XML for raw camera frames (FASTDDS_DEFAULT_PROFILES_FILE; '' keeps the "
+            "environment's); the camera driver must load it too",
+        ),
+        DeclareLaunchArgument(
             "use_sim_time",
             default_value="false",
             choices=["true", "false"],
@@ -141,5 +150,16 @@ def generate_launch_description() -> LaunchDescription:
         respawn_delay=2.0,
     )
     return LaunchDescription(
-        [SetEnvironmentVariable("RCUTILS_LOGGING_BUFFERED_STREAM", "1"), *arguments, localizer]
+        [
+            SetEnvironmentVariable("RCUTILS_LOGGING_BUFFERED_STREAM", "1"),
+            *arguments,
+            SetEnvironmentVariable(
+                "FASTDDS_DEFAULT_PROFILES_FILE",
+                LaunchConfiguration("fastdds_profile"),
+                condition=IfCondition(
+                    PythonExpression(["'", LaunchConfiguration("fastdds_profile"), "' != ''"])
+                ),
+            ),
+            localizer,
+        ]
     )

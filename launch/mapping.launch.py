@@ -15,6 +15,7 @@ the session. Map in a global frame (``map``), not in ``odom``: the node warns.
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
@@ -77,6 +78,14 @@ def generate_launch_description() -> LaunchDescription:
         ),
         DeclareLaunchArgument("namespace", default_value="vpr", description="namespace of the node"),
         DeclareLaunchArgument(
+            "fastdds_profile",
+            default_value=PathJoinSubstitution(
+                [FindPackageShare("vpr_ros"), "config", "fastdds_large_images.xml"]
+            ),
+            description="Fast DDS XML for raw camera frames (FASTDDS_DEFAULT_PROFILES_FILE; '' keeps the "
+            "environment's); the camera driver must load it too",
+        ),
+        DeclareLaunchArgument(
             "use_sim_time",
             default_value="false",
             choices=["true", "false"],
@@ -113,5 +122,16 @@ def generate_launch_description() -> LaunchDescription:
         sigterm_timeout="30",  # room for the final atomic save before launch escalates to SIGKILL
     )
     return LaunchDescription(
-        [SetEnvironmentVariable("RCUTILS_LOGGING_BUFFERED_STREAM", "1"), *arguments, mapper]
+        [
+            SetEnvironmentVariable("RCUTILS_LOGGING_BUFFERED_STREAM", "1"),
+            *arguments,
+            SetEnvironmentVariable(
+                "FASTDDS_DEFAULT_PROFILES_FILE",
+                LaunchConfiguration("fastdds_profile"),
+                condition=IfCondition(
+                    PythonExpression(["'", LaunchConfiguration("fastdds_profile"), "' != ''"])
+                ),
+            ),
+            mapper,
+        ]
     )

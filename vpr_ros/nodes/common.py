@@ -28,6 +28,8 @@ from vpr_ros.errors import InputError
 from vpr_ros.mapping.place_map import PlaceMap
 from vpr_ros.nodes import messages
 from vpr_ros.nodes import params as P
+from vpr_ros.nodes.transport import AdaptiveImageSubscriptions
+from vpr_ros.nodes.transport import describe as describe_qos
 
 # REP-2003: consumers subscribe to cameras with sensor-data QoS. Depth 1, not rclpy's 5: a slow
 # backend must process the newest frame, never a backlog (ROS_NOTES §0.4).
@@ -81,7 +83,7 @@ class VprNode(LifecycleNode):
         self.config: dict[str, P.Value] = {}
         self.bundle = None  # load_model
         self.backend = None
-        self._image_subs: list[Any] = []
+        self._image_inputs: AdaptiveImageSubscriptions | None = None
         self.image_topics: list[str] = []
         self.intake_group = MutuallyExclusiveCallbackGroup()
         self._last_image = time.monotonic()
@@ -117,9 +119,9 @@ class VprNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
-        for subscription in self._image_subs:
-            self.destroy_subscription(subscription)
-        self._image_subs = []
+        if self._image_inputs is not None:
+            self._image_inputs.close()
+            self._image_inputs = None
         if self._stale_timer is not None:
             self.destroy_timer(self._stale_timer)
             self._stale_timer = None
@@ -178,18 +180,20 @@ class VprNode(LifecycleNode):
             self.resolve_topic_name(name) + ("/compressed" if compressed else "")
             for name in self.image_topic_names()
         ]
-        for camera, topic in enumerate(self.image_topics):
-            self._image_subs.append(
-                self.create_subscription(
-                    CompressedImage if compressed else Image,
-                    topic,
-                    lambda msg, camera=camera: self._receive(msg, camera),
-                    self.IMAGE_QOS,
-                    callback_group=self.intake_group,
-                )
-            )
-        listening = ", ".join(self.image_topics)
-        self.get_logger().info(f"listening to {listening} (best effort, depth {self.IMAGE_QOS.depth})")
+        # IMAGE_QOS (best effort) unless every publisher of a topic offers reliable; checked again
+        # every second, so a camera started later or restarted with other QoS is followed.
+        self._image_inputs = AdaptiveImageSubscriptions(
+            self,
+            CompressedImage if compressed else Image,
+            self.image_topics,
+            [lambda msg, cam=cam: self._receive(msg, cam) for cam in range(len(self.image_topics))],
+            self.IMAGE_QOS,
+            self.intake_group,
+        )
+        listening = ", ".join(
+            f"{topic} ({describe_qos(qos)})" for topic, qos in zip(self.image_topics, self._image_inputs.qos)
+        )
+        self.get_logger().info(f"listening to {listening}")
 
     @property
     def image_topic(self) -> str:
