@@ -8,8 +8,8 @@ frames are published one at a time (the next when the previous answer arrived) a
 from publish to the ``~/matches`` answer is measured, next to the bare backend call on the same
 frame (resize + embed, in this process) and the node's own receive-to-publish time (its
 diagnostics). The difference between end to end and the node's own time is the DDS transport
-(image in, answer back). It runs once with Fast DDS's default transports and once with
-``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA``.
+(image in, answer back). It runs once with Fast DDS's default transports and once with the
+shipped profile (``FASTDDS_DEFAULT_PROFILES_FILE=config/fastdds_large_images.xml``, both sides).
 
 Overload mode: frames at ``--rate`` Hz (default 30) against a bundle at ``--input-size`` (default
 480x640, slower than 30 Hz on 2 cores) for ``--seconds``; prints latency percentiles over time,
@@ -34,6 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG = Path(tempfile.gettempdir()) / "vpr_localizer_benchmark.log"
+PROFILE = ROOT / "config" / "fastdds_large_images.xml"
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 
@@ -237,11 +238,12 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|---|")
         for size in ((240, 320), (480, 640)):
             bare = bare_backend_ms(bundle, query_images(bags, size))
-            for transport in ("default", "LARGE_DATA"):
+            for transport in ("default", "shipped profile"):
                 env = dict(os.environ)
                 env.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
-                if transport == "LARGE_DATA":
-                    env["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+                env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
+                if transport == "shipped profile":
+                    env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(PROFILE)
                 argv = [
                     "--frames",
                     str(args.frames),
