@@ -1,8 +1,12 @@
 """ament_python package vpr_ros: the ROS 2 runtime (`vpr_ros`) and the training stack (`training`).
 
-Python dependencies are declared here once. `pip install -e '.[all]'` gives a complete
-development environment in a plain venv; on a robot with a ROS 2 install the `ros` extra is
-unnecessary (rclpy and the messages come from apt, see package.xml).
+Python dependencies are declared here once. The core requirements are the runtime (ONNX Runtime,
+FAISS, rosbag2, reports) and the synthetic world generator (`python -m training synth`); neither
+imports PyTorch. `pip install -e '.[ros]'` adds the ROS 2 wheels: a complete runtime in a plain
+venv (`scripts/setup.sh runtime`, what the demo uses). `train` adds PyTorch and the rest of the
+training stack; `all` is everything, tests included (`scripts/setup.sh`, what the tests use). On a
+robot with a ROS 2 install the `ros` extra is unnecessary (rclpy and the messages come from apt,
+see package.xml).
 """
 
 from glob import glob
@@ -11,6 +15,8 @@ from setuptools import find_packages, setup
 
 PACKAGE = "vpr_ros"
 
+# The runtime: every module of vpr_ros that the nodes and the vpr-* tools (other than the TensorRT
+# and PyTorch backends) import, and the synthetic world generator's bag writer. No PyTorch here.
 RUNTIME = [
     "numpy>=1.26",
     "opencv-python-headless>=4.8,<5",  # 5.x drops parts of the 4.x API
@@ -21,6 +27,7 @@ RUNTIME = [
     "faiss-cpu>=1.8",  # place map index
     "onnxruntime>=1.18",  # CPU inference of exported model bundles
 ]
+# Training, export and the dataset writers of the synthetic world (MSLS, Pittsburgh, TB-Places).
 TRAIN = [
     "torch==2.14.1",
     "torchvision==0.29.1",
@@ -64,7 +71,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
         # `ros2 run` / launch look for executables only in <prefix>/lib/<package>/ (ROS_NOTES §3.1).
         (f"lib/{PACKAGE}", sorted(glob("ros_executables/*"))),
     ],

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Set everything up, then run the main job on the embedded default: generate the demo world (rosbag2
-# only), map its day traverse with the shipped model, replay the dusk traverse through the real
+# Set up the runtime (`scripts/setup.sh runtime`: ONNX Runtime, FAISS, the ROS 2 wheels, no
+# PyTorch), then run the main job on the embedded default: generate the demo world (rosbag2 only),
+# map its day traverse with the shipped model, replay the dusk traverse through the real
 # localization node over DDS (vpr-replay: vpr_localizer + vpr_bag_player + vpr_replay_evaluator),
 # evaluate every other traverse offline with the shipped model and with raw pixels, and print the
 # summary with the reports' paths. Usage: bash scripts/demo.sh [OUT_DIR] (default runs/demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh runtime
 out=${1:-runs/demo}
 bin=.venv/bin
 model=vpr_ros/models/default

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 from training.errors import UserError
+from vpr_ros.cli import integer_at_least
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -27,7 +29,9 @@ def _synth(args: argparse.Namespace) -> None:
 
     preset = get_preset(args.preset)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    summary = generate(args.out, preset, args.seed, formats, args.bag_storage, args.overwrite, not args.quiet)
+    summary = generate(
+        args.out, preset, args.seed, formats, args.bag_storage, args.overwrite, not args.quiet, args.workers
+    )
     frames = sum(t["frames"] for t in summary["traverses"])
     print(
         f"wrote {len(summary['traverses'])} traverses, {frames} frames ({', '.join(formats)}) to {args.out}"
@@ -228,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--bag-storage", default="mcap", help="rosbag2 storage: mcap | sqlite3 (default: mcap)"
     )
     synth.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    synth.add_argument(
+        "--workers",
+        type=integer_at_least(1),
+        default=os.cpu_count() or 1,
+        help="rendering processes; the bytes are the same for any number (default: the CPU count)",
+    )
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(run=_synth)
 

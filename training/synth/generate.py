@@ -2,14 +2,22 @@
 
 The output directory appears complete or not at all: everything is written into a hidden
 sibling directory that is renamed into place at the end, and removed if anything fails.
+
+Rendering is the cost (about 30 ms a frame at 320x240, one core). With ``workers`` > 1 chunks of
+frames are rendered in that many processes and written in order by this one: every frame draws
+from its own seeded generator, so the bytes are the same for any number of workers.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -59,8 +67,10 @@ def generate(
     bag_storage: str = "mcap",
     overwrite: bool = False,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict:
-    """Write the world for (preset, seed) to ``out``; returns the summary stored in world.json."""
+    """Write the world for (preset, seed) to ``out``; returns the summary stored in world.json.
+    ``workers`` processes render (the same bytes for any number)."""
     unknown = sorted(set(formats) - set(WRITERS))
     if unknown:
         raise UserError(f"unknown format(s) {', '.join(unknown)} (choose from {', '.join(WRITERS)})")
@@ -75,7 +85,7 @@ def generate(
     except OSError as exc:
         raise UserError(f"cannot create output directory in {out.parent}: {exc.strerror}") from None
     try:
-        summary = _write_world(staging, preset, seed, formats, bag_storage, progress)
+        summary = _write_world(staging, preset, seed, formats, bag_storage, progress, workers)
         _replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -83,36 +93,103 @@ def generate(
     return summary
 
 
-def _write_world(root: Path, preset: Preset, seed: int, formats, bag_storage: str, progress: bool) -> dict:
-    town = build_town(preset.layout, seed)
+def _write_world(
+    root: Path, preset: Preset, seed: int, formats, bag_storage: str, progress: bool, workers: int
+) -> dict:
     paths, traverses = plan_traverses(preset, seed)
     world = WorldInfo(CITY, seed, preset.name, preset.camera, GEO, traverses)
     writers = [WRITERS[f](root, world, **({"storage": bag_storage} if f == "bag" else {})) for f in formats]
-    renderer = Renderer(town, preset.camera)
+    chunks = [
+        (t, start, min(start + CHUNK_FRAMES, len(trav)))
+        for t, trav in enumerate(traverses)
+        for start in range(0, len(trav), CHUNK_FRAMES)
+    ]
     total = sum(len(t) for t in traverses)
-    with tqdm(total=total, desc=f"rendering {preset.name}", unit="frame", disable=not progress) as bar:
-        for t, trav in enumerate(traverses):
-            cond = get_condition(trav.condition)
-            path = paths[trav.route]
-            rng = np.random.default_rng([seed, 3, t])
-            movers = occluders.spawn(town, path, cond.occluders_per_100m, rng)
-            clouds = textures.smooth_noise(rng, (64, 512), 6.0)
-            for i in range(len(trav)):
-                elapsed_s = (trav.stamps_ns[i] - trav.stamps_ns[0]) / 1e9
-                dynamic = occluders.primitives_at(town, path, movers, elapsed_s)
-                frame_rng = np.random.default_rng([seed, 4, t, i])
-                rgb = renderer.render(*trav.xy[i], trav.yaw[i], cond, dynamic, clouds, frame_rng)
-                ok, jpeg = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-                if not ok:
-                    raise RuntimeError("OpenCV failed to encode a JPEG")
+    with (
+        tqdm(total=total, desc=f"rendering {preset.name}", unit="frame", disable=not progress) as bar,
+        _chunk_renderer(preset, seed, workers) as render,
+    ):
+        for (t, start, _), frames in zip(chunks, render(chunks)):
+            for i, (rgb, jpeg) in enumerate(frames, start):
                 for w in writers:
-                    w.add_frame(t, i, rgb, jpeg.tobytes())
+                    w.add_frame(t, i, rgb, jpeg)
                 bar.update()
     for w in writers:
         w.close()
     summary = _summary(world, paths, formats, bag_storage)
     (root / "world.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+CHUNK_FRAMES = 16  # frames per task: big enough to amortise the hand-over, small enough to keep order
+
+
+class _FrameRenderer:
+    """Renders frames of the traverses of one (preset, seed): the town, its paths and each
+    traverse's moving occluders and clouds (drawn from the traverse's own seeded generator)."""
+
+    def __init__(self, preset: Preset, seed: int) -> None:
+        self.seed = seed
+        self.town = build_town(preset.layout, seed)
+        self.paths, self.traverses = plan_traverses(preset, seed)
+        self.renderer = Renderer(self.town, preset.camera)
+
+    def frames(self, chunk: tuple[int, int, int]) -> list[tuple[np.ndarray, bytes]]:
+        """(rgb, jpeg) of the frames ``start:stop`` of traverse ``t``."""
+        t, start, stop = chunk
+        trav = self.traverses[t]
+        cond = get_condition(trav.condition)
+        path = self.paths[trav.route]
+        rng = np.random.default_rng([self.seed, 3, t])
+        movers = occluders.spawn(self.town, path, cond.occluders_per_100m, rng)
+        clouds = textures.smooth_noise(rng, (64, 512), 6.0)
+        out = []
+        for i in range(start, stop):
+            elapsed_s = (trav.stamps_ns[i] - trav.stamps_ns[0]) / 1e9
+            dynamic = occluders.primitives_at(self.town, path, movers, elapsed_s)
+            frame_rng = np.random.default_rng([self.seed, 4, t, i])
+            rgb = self.renderer.render(*trav.xy[i], trav.yaw[i], cond, dynamic, clouds, frame_rng)
+            ok, jpeg = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            if not ok:
+                raise RuntimeError("OpenCV failed to encode a JPEG")
+            out.append((rgb, jpeg.tobytes()))
+        return out
+
+
+_WORKER: _FrameRenderer | None = None  # each rendering process's own
+
+
+def _start_worker(preset: Preset, seed: int) -> None:
+    global _WORKER
+    _WORKER = _FrameRenderer(preset, seed)
+
+
+def _render_in_worker(chunk: tuple[int, int, int]) -> list[tuple[np.ndarray, bytes]]:
+    return _WORKER.frames(chunk)
+
+
+@contextmanager
+def _chunk_renderer(preset: Preset, seed: int, workers: int) -> Iterator[Callable]:
+    """A function from chunks to their frames, in order: here, or in ``workers`` processes
+    (spawned: the caller may hold threads, e.g. a ROS node's, that must not be forked), at most
+    two chunks per process ahead of the writing, so memory stays bounded."""
+    if workers <= 1:
+        renderer = _FrameRenderer(preset, seed)
+        yield lambda chunks: map(renderer.frames, chunks)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, context, _start_worker, (preset, seed)) as pool:
+
+        def ordered(chunks: list) -> Iterator[list]:
+            pending: deque = deque()
+            for chunk in chunks:
+                pending.append(pool.submit(_render_in_worker, chunk))
+                if len(pending) > 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+        yield ordered
 
 
 def _summary(world: WorldInfo, paths: dict, formats, bag_storage: str) -> dict:

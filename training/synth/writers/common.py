@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -25,8 +26,14 @@ class FrameWriter(ABC):
     """
 
     subdir: str
+    # Modules outside the runtime install (the 'train' extra) that the writer needs. They are
+    # imported when it is made, so a missing one fails before any frame is rendered; the modules
+    # themselves import them only where they are used, so ``bag`` needs none of them.
+    requires: tuple[str, ...] = ()
 
     def __init__(self, root: Path, world: WorldInfo) -> None:
+        for module in self.requires:
+            importlib.import_module(module)
         self.world = world
         self.root = Path(root) / self.subdir
         self._t = 0

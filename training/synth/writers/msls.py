@@ -41,9 +41,9 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from pyproj import Transformer
 
 from training.synth.traverse import ROLES, Traverse, WorldInfo
 from training.synth.writers.common import (
@@ -53,6 +53,9 @@ from training.synth.writers.common import (
     traverses_with_role,
     write_bytes,
 )
+
+if TYPE_CHECKING:
+    from pyproj import Transformer
 
 CLUSTER_CELL_M = 25.0
 NIGHT = "night"
@@ -78,6 +81,7 @@ class MslsWriter(FrameWriter):
     """Writes images as they arrive and the four CSVs per side at close."""
 
     subdir = "msls"
+    requires = ("pyproj",)
 
     def __init__(self, root: Path, world: WorldInfo) -> None:
         super().__init__(root, world)
@@ -180,5 +184,7 @@ def write_csv(path: Path, header: tuple[str, ...], rows: Iterable[tuple]) -> Non
 
 def _lonlat_transformer(world: WorldInfo) -> Transformer:
     """UTM (zone and hemisphere of the world) to WGS84 lon/lat."""
+    from pyproj import Transformer  # the 'train' extra: only this writer needs it
+
     epsg = (32600 if world.geo.northern else 32700) + world.geo.utm_zone
     return Transformer.from_crs(f"EPSG:{epsg}", "EPSG:4326", always_xy=True)

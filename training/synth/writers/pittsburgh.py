@@ -37,8 +37,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-import scipy.io
-from scipy.spatial import cKDTree
 
 from training.synth.traverse import WorldInfo
 from training.synth.writers.common import FrameWriter, compass_deg, traverses_with_role, write_bytes
@@ -67,6 +65,7 @@ class PittsburghWriter(FrameWriter):
     """Writes images as they arrive and the three split files at close."""
 
     subdir = "pittsburgh"
+    requires = ("scipy.io", "scipy.spatial")
 
     def __init__(self, root: Path, world: WorldInfo) -> None:
         super().__init__(root, world)
@@ -86,6 +85,8 @@ class PittsburghWriter(FrameWriter):
         write_bytes(self.root / folder / self.names[t][i], jpeg)
 
     def _finish(self) -> None:
+        from scipy.spatial import cKDTree  # the 'train' extra: only this writer needs it
+
         db_names, db_utm = self._side(self.db_traverses)
         q_names, q_utm = self._side(self.q_traverses)
         db_split = split_database(db_utm)
@@ -143,6 +144,8 @@ def db_struct(
 
 def write_mat(path: Path, struct: np.ndarray) -> None:
     """Save ``dbStruct`` as MAT 5 with a fixed header text (scipy would stamp the current time)."""
+    import scipy.io  # the 'train' extra
+
     buffer = io.BytesIO()
     scipy.io.savemat(buffer, {"dbStruct": struct}, format="5", do_compression=False, oned_as="column")
     data = bytearray(buffer.getvalue())

@@ -31,9 +31,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
-from scipy.spatial import cKDTree
 
 from training.synth.traverse import Traverse
 from training.synth.writers.common import FrameWriter, write_bytes, yaw_quaternion
@@ -47,6 +45,7 @@ class TbPlacesWriter(FrameWriter):
     """Writes images as they arrive and, at close, the index and similarity file of every set."""
 
     subdir = "tbplaces"
+    requires = ("h5py", "scipy.spatial")
 
     def _write_frame(self, t: int, i: int, rgb: np.ndarray, jpeg: bytes) -> None:
         write_bytes(self.root / self.world.traverses[t].name / image_path(i), jpeg)
@@ -84,6 +83,8 @@ def similarity(xy: np.ndarray, yaw: np.ndarray) -> np.ndarray:
     Candidate pairs come from a KD-tree with a slightly larger radius and are then tested with the
     exact rule, so memory grows with the number of close pairs, not with n^2 floats.
     """
+    from scipy.spatial import cKDTree  # the 'train' extra: only this writer needs it
+
     n = len(xy)
     sim = np.zeros(n * (n - 1) // 2, dtype=np.uint8)
     pairs = cKDTree(xy).query_pairs(DISTANCE_THRESHOLD_M * (1 + 1e-9), output_type="ndarray").astype(np.int64)
@@ -98,6 +99,8 @@ def similarity(xy: np.ndarray, yaw: np.ndarray) -> np.ndarray:
 
 def write_similarity(path: Path, sim: np.ndarray) -> None:
     """Store the condensed matrix as ``sim`` with its thresholds as attributes."""
+    import h5py  # the 'train' extra
+
     with h5py.File(path, "w") as f:
         dataset = f.create_dataset("sim", data=sim, compression="gzip", track_times=False)
         dataset.attrs["distance_threshold_m"] = DISTANCE_THRESHOLD_M
