@@ -32,8 +32,7 @@ from ros_harness import (
     stamp_of,
 )
 
-from vpr_ros.geometry import compose, quat_multiply, rotation_angle_deg
-from vpr_ros.localization.robot_pose import inverse
+from vpr_ros.geometry import compose, inverse, quat_multiply, rotation_angle_deg
 
 pytestmark = requires_rclpy
 

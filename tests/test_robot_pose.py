@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from vpr_ros.errors import InputError
-from vpr_ros.geometry import compose, quat_multiply, rotation_angle_deg, yaw_of
+from vpr_ros.geometry import compose, inverse, quat_multiply, rotation_angle_deg, yaw_of
 from vpr_ros.localization.frame_answer import CameraAnswer, fuse
 from vpr_ros.localization.pose_estimate import PoseEstimate
 from vpr_ros.localization.relocalization import FixGate, GateSettings, RateLimit
-from vpr_ros.localization.robot_pose import inverse, map_to_odom, planar, query_base_pose
+from vpr_ros.localization.robot_pose import map_to_odom, planar, query_base_pose
 from vpr_ros.mapping.place_map import PlaceMap, Session
 
 DIM = 8

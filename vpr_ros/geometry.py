@@ -68,6 +68,12 @@ def compose(p1: np.ndarray, q1: np.ndarray, p2: np.ndarray, q2: np.ndarray) -> t
     return p1 + quat_rotate(q1, p2), quat_multiply(q1, q2)
 
 
+def inverse(position: np.ndarray, orientation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse rigid transform: if B's pose in A is (p, q), A's pose in B is (-q^-1 p, q^-1)."""
+    conjugate = quat_normalize(orientation) * np.array([-1.0, -1.0, -1.0, 1.0])
+    return -quat_rotate(conjugate, position), conjugate
+
+
 def rotation_angle_deg(q1: np.ndarray, q2: np.ndarray) -> np.ndarray | float:
     """Smallest rotation angle between two orientations, in [0, 180] degrees.
 

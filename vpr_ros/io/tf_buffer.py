@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from vpr_ros.errors import InputError
-from vpr_ros.geometry import compose, quat_normalize, quat_rotate
+from vpr_ros.geometry import compose, inverse, quat_normalize
 from vpr_ros.io.pose_sync import Pair, WaitingImages, stamp_ns
 
 __all__ = ["ImageTransformPairer", "TransformBuffer", "TransformUnavailable", "clean_frame_id"]
@@ -73,12 +73,6 @@ class _Edge:
     static: bool
     stamps: list[int] = field(default_factory=list)
     poses: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
-
-
-def _inverse(position: np.ndarray, orientation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The inverse rigid transform: if B's pose in A is (p, q), A's pose in B is (-q^-1 p, q^-1)."""
-    conjugate = orientation * np.array([-1.0, -1.0, -1.0, 1.0])
-    return -quat_rotate(conjugate, position), conjugate
 
 
 def _slerp(q0: np.ndarray, q1: np.ndarray, ratio: float) -> np.ndarray:
@@ -201,7 +195,7 @@ class TransformBuffer:
         where = f"looking up {source!r} in {target!r}"
         source_pose = self._accumulate(source_side, int(stamp_ns), where)
         target_pose = self._accumulate(target_side, int(stamp_ns), where)
-        return compose(*_inverse(*target_pose), *source_pose)
+        return compose(*inverse(*target_pose), *source_pose)
 
     def settled(self, target: str, source: str, stamp_ns: int) -> bool:
         """True when no later message can change ``lookup(target, source, stamp_ns)``: the frames are

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vpr_ros.errors import InputError
-from vpr_ros.geometry import compose
-from vpr_ros.localization.robot_pose import Pose, inverse
+from vpr_ros.geometry import compose, inverse
+from vpr_ros.localization.robot_pose import Pose
 
 
 @dataclass(frozen=True)

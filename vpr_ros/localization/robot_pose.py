@@ -22,17 +22,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from vpr_ros.geometry import compose, quat_rotate, yaw_of
+from vpr_ros.geometry import compose, inverse, yaw_of
 from vpr_ros.localization.pose_estimate import PoseEstimate
 from vpr_ros.mapping.place_map import PlaceMap
 
 Pose = tuple[np.ndarray, np.ndarray]  # position [3], quaternion (x, y, z, w) [4]
-
-
-def inverse(position: np.ndarray, orientation: np.ndarray) -> Pose:
-    """The inverse rigid transform: if the pose maps child to parent, the result maps parent to child."""
-    conjugate = np.asarray(orientation, dtype=np.float64) * np.array([-1.0, -1.0, -1.0, 1.0])
-    return -quat_rotate(conjugate, position), conjugate
 
 
 def planar(position: np.ndarray, orientation: np.ndarray) -> Pose:
