@@ -33,6 +33,7 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from vpr_ros.errors import InputError
+from vpr_ros.geometry import parse_extrinsic
 from vpr_ros.io.image_codec import message_to_rgb
 from vpr_ros.io.pose_sync import ImagePosePairer, Pair, stamp_ns
 from vpr_ros.io.tf_buffer import ImageTransformPairer, TransformBuffer
@@ -69,6 +70,7 @@ class Mapper(VprNode):
         self.frame_refusal = ""  # why poses are not used (an appended map in another frame)
         self.saved_to = ""
         self.camera_extrinsic = ()
+        self.appended_frame = ""  # with map.append: the frame of the map at map.dir
         self.invalid_poses = 0
         self._keyframes_changed = False
         self._pose_subs: list = []
@@ -92,16 +94,18 @@ class Mapper(VprNode):
         if not cfg["map.append"]:
             check_target(out, cfg["map.overwrite"], f"map.dir {out}", "set map.overwrite")  # save's checks
         try:
-            self.camera_extrinsic = Session("check", tuple(cfg["frames.camera_extrinsic"])).camera_extrinsic
+            parse_extrinsic(cfg["frames.camera_extrinsic"])
         except InputError as exc:
             raise InputError(f"parameter frames.camera_extrinsic: {exc}") from None
+        self.camera_extrinsic = tuple(cfg["frames.camera_extrinsic"])
         self.load_model()
+        self.appended_frame = ""
         if cfg["map.append"]:
-            existing = self._existing_map()
+            self.appended_frame = self._existing_map().frame_id  # read once: model and frame checked
             wanted = str(cfg["frames.map"])
-            if wanted and wanted != existing.frame_id:
+            if wanted and wanted != self.appended_frame:
                 raise InputError(
-                    f"map.append: the map at {out} is in frame '{existing.frame_id}', not '{wanted}'"
+                    f"map.append: the map at {out} is in frame '{self.appended_frame}', not '{wanted}'"
                 )
         if cfg["input.pose_type"] == "tf":
             tf_message_type("input.pose_type 'tf'")  # refuse at configure when the type is missing
@@ -216,14 +220,12 @@ class Mapper(VprNode):
         self.frame_id = frame_id
         if (warning := odometry_frame_warning(frame_id)) is not None:
             self.get_logger().warning(warning)
-        if self.config["map.append"]:
-            existing = self._existing_map().frame_id
-            if existing != frame_id:
-                self.frame_refusal = (
-                    f"poses are in frame '{frame_id}' but the map appended to is in '{existing}': "
-                    "nothing is added (sessions of one map share its frame)"
-                )
-                self.get_logger().error(self.frame_refusal)
+        if self.appended_frame and self.appended_frame != frame_id:
+            self.frame_refusal = (
+                f"poses are in frame '{frame_id}' but the map appended to is in '{self.appended_frame}': "
+                "nothing is added (sessions of one map share its frame)"
+            )
+            self.get_logger().error(self.frame_refusal)
 
     def on_image(self, msg, camera: int) -> None:
         if self.frame_refusal:

@@ -19,12 +19,14 @@ reach the outputs, never a refused or inconsistent answer:
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Any
 
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.duration import Duration
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
@@ -133,7 +135,7 @@ class RobotOutputs:
             x, y, _ = estimate.position
             yaw = float(yaw_of(estimate.orientation))
             message = (
-                f"relocalized: x {x:.2f} m, y {y:.2f} m, yaw {yaw * 57.29577951308232:.1f} deg in "
+                f"relocalized: x {x:.2f} m, y {y:.2f} m, yaw {math.degrees(yaw):.1f} deg in "
                 f"'{self.map_frame}' (image stamp {answer.stamp_ns} ns)"
             )
             for request in requests:
@@ -152,11 +154,8 @@ class RobotOutputs:
         pose = self._map_to_odom
         if pose is None:
             return
-        stamp = self.node.get_clock().now().nanoseconds + self._tolerance_ns
-        sec, nanosec = divmod(stamp, 1_000_000_000)
-        header_stamp = Header().stamp
-        header_stamp.sec, header_stamp.nanosec = sec, nanosec
-        self.tf.send(transform_msg(self.map_frame, self.odom_frame, header_stamp, pose))
+        stamp = self.node.get_clock().now() + Duration(nanoseconds=self._tolerance_ns)
+        self.tf.send(transform_msg(self.map_frame, self.odom_frame, stamp.to_msg(), pose))
 
     def _relocalize(self, request, response):
         timeout = float(self.node.config["relocalization.timeout_s"])
