@@ -315,19 +315,8 @@ class PlaceMap:
                 f"the maps are in different frames ('{self.frame_id}', '{other.frame_id}'): their poses "
                 "cannot be compared; map both in one frame"
             )
-        first = len(self._sessions)
-        self._sessions.extend(other.sessions)
-        for s in range(len(other.sessions)):
-            chosen = np.flatnonzero(other.session_ids == s)
-            if len(chosen):
-                self.add(
-                    other.descriptors[chosen],
-                    other.stamps_ns[chosen],
-                    other.positions[chosen],
-                    other.orientations[chosen],
-                    [other._rows.sources[i] for i in chosen],
-                    session=first + s,
-                )
+        for s, session in enumerate(other.sessions):
+            self._add_keyframes_of(other, np.flatnonzero(other.session_ids == s), self.add_session(session))
 
     def select(self, keep: np.ndarray) -> PlaceMap:
         """A new map of the keyframes where ``keep`` (bool [N]) is true, same model, frame and index
@@ -344,16 +333,20 @@ class PlaceMap:
         for s, session in enumerate(self._sessions):
             chosen = np.flatnonzero(keep & (self.session_ids == s))
             if len(chosen):
-                new = out.add_session(session)
-                out.add(
-                    self.descriptors[chosen],
-                    self.stamps_ns[chosen],
-                    self.positions[chosen],
-                    self.orientations[chosen],
-                    [self._rows.sources[i] for i in chosen],
-                    session=new,
-                )
+                out._add_keyframes_of(self, chosen, out.add_session(session))
         return out
+
+    def _add_keyframes_of(self, other: PlaceMap, chosen: np.ndarray, session: int) -> None:
+        """Keyframes ``chosen`` (ids) of ``other``, as they are, into this map's ``session``."""
+        if len(chosen):
+            self.add(
+                other.descriptors[chosen],
+                other.stamps_ns[chosen],
+                other.positions[chosen],
+                other.orientations[chosen],
+                [other._rows.sources[i] for i in chosen],
+                session=session,
+            )
 
     def _given_params(self) -> dict[str, int]:
         """The index parameters that were set (automatic ones stay automatic in a derived map)."""
