@@ -1,6 +1,7 @@
 """Latency of the localization node over real DDS, and its behaviour under a too-fast camera.
 
     python benchmarks/localizer_latency.py                      # latency, both Fast DDS transports
+    python benchmarks/localizer_latency.py --cpu-threads 0 2    # the node's default, then 2 ORT threads
     python benchmarks/localizer_latency.py --overload --seconds 600   # 30 Hz for 10 min, RSS sampled
 
 Latency mode: the shipped default model and a map built from a generated town; 640x480 rgb8
@@ -8,8 +9,10 @@ frames are published one at a time (the next when the previous answer arrived) a
 from publish to the ``~/matches`` answer is measured, next to the bare backend call on the same
 frame (resize + embed, in this process) and the node's own receive-to-publish time (its
 diagnostics). The difference between end to end and the node's own time is the DDS transport
-(image in, answer back). It runs once with Fast DDS's default transports and once with the
-shipped profile (``FASTDDS_DEFAULT_PROFILES_FILE=config/fastdds_large_images.xml``, both sides).
+(image in, answer back) plus the node's intake delay: from the DDS reception of the image (the
+rmw's timestamp) to the node's callback, also reported on its own (the executor's share). It
+runs once with Fast DDS's default transports and once with the shipped profile
+(``FASTDDS_DEFAULT_PROFILES_FILE=config/fastdds_large_images.xml``, both sides).
 
 Overload mode: frames at ``--rate`` Hz (default 30) against a bundle at ``--input-size`` (default
 480x640, slower than 30 Hz on 2 cores) for ``--seconds``; prints latency percentiles over time,
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import os
 import signal
 import subprocess
@@ -76,10 +80,11 @@ def query_images(bags: Path, size: tuple[int, int]) -> list[np.ndarray]:
     return [cv2.resize(f.rgb(), (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for f in frames]
 
 
-def start_localizer(bundle: Path, place_map: Path, env: dict) -> subprocess.Popen:
+def start_localizer(bundle: Path, place_map: Path, env: dict, cpu_threads: int = 0) -> subprocess.Popen:
     args = [sys.executable, "-m", "vpr_ros.nodes.localizer", "--ros-args", "-r", "__ns:=/vpr"]
     args += ["-r", "image:=/bench/image", "-p", f"model.bundle_dir:={bundle}", "-p", f"map.dir:={place_map}"]
     args += ["-p", "model.backend:=onnxruntime", "-p", "diagnostics.period_s:=1.0"]
+    args += ["-p", f"model.cpu_threads:={cpu_threads}"]
     log = open(LOG, "w")  # noqa: SIM115 -- the node's output, kept for a failure message
     return subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
 
@@ -96,14 +101,14 @@ def rss_mb(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def localizer_session(bundle: Path, place_map: Path, name: str) -> Iterator[tuple]:
+def localizer_session(bundle: Path, place_map: Path, name: str, cpu_threads: int = 0) -> Iterator[tuple]:
     """The localizer as its own process and a harness publishing to it:
     ``(process, harness, match tables, diagnostics, image publisher)``; the process is stopped after."""
     from diagnostic_msgs.msg import DiagnosticArray
     from ros_harness import RosHarness
     from sensor_msgs.msg import Image, PointCloud2
 
-    proc = start_localizer(bundle, place_map, dict(os.environ))
+    proc = start_localizer(bundle, place_map, dict(os.environ), cpu_threads)
     try:
         with RosHarness(name) as ros:
             matches = ros.record(PointCloud2, "/vpr/vpr_localizer/matches")
@@ -121,11 +126,14 @@ def localizer_session(bundle: Path, place_map: Path, name: str) -> Iterator[tupl
             proc.wait()
 
 
-def latency_run(bundle: Path, place_map: Path, images: list[np.ndarray], frames: int) -> dict:
+def latency_run(
+    bundle: Path, place_map: Path, images: list[np.ndarray], frames: int, cpu_threads: int
+) -> dict:
     """One process per transport setting (Fast DDS reads the variable at start)."""
     from ros_harness import image_msg, stamp_of
 
-    with localizer_session(bundle, place_map, "latency_bench") as (proc, ros, matches, diagnostics, pub):
+    session = localizer_session(bundle, place_map, "latency_bench", cpu_threads)
+    with session as (proc, ros, matches, diagnostics, pub):
         e2e, resent = [], 0
         for i in range(frames + 5):  # 5 warm-up frames
             stamp = 1_000_000_000 + i
@@ -151,15 +159,17 @@ def latency_run(bundle: Path, place_map: Path, images: list[np.ndarray], frames:
         "e2e_p99_ms": float(np.percentile(e2e_ms, 99)),
         "node_p50_ms": float(values["latency p50 ms"]),
         "node_p99_ms": float(values["latency p99 ms"]),
+        "intake_p50_ms": float(values["intake delay p50 ms"]),
         "backend_p50_ms": float(values["backend latency p50 ms"]),
     }
 
 
-def bare_backend_ms(bundle: Path, images: list[np.ndarray], repeats: int = 60) -> float:
+def bare_backend_ms(bundle: Path, images: list[np.ndarray], cpu_threads: int, repeats: int = 60) -> float:
+    """Resize + embed in this process, with the node's ONNX Runtime thread count."""
     from vpr_ros.backends import create_backend
     from vpr_ros.bundle import load_bundle
 
-    backend = create_backend(load_bundle(bundle), "onnxruntime")
+    backend = create_backend(load_bundle(bundle), "onnxruntime", cpu_threads=cpu_threads)
     for image in images[:5]:
         backend.embed([image])
     times = []
@@ -218,8 +228,16 @@ def main() -> None:
     parser.add_argument("--sample-s", type=float, default=10.0, help="--overload sampling period (s)")
     parser.add_argument("--input-size", default="480x640", help="bundle input for --overload (HxW)")
     parser.add_argument("--child-timeout", type=float, default=180.0, help="limit of one latency run (s)")
+    parser.add_argument(
+        "--cpu-threads",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="the node's model.cpu_threads, one table block each (0 = its default, every core but one)",
+    )
     args = parser.parse_args()
     from vpr_ros.bundle import default_model_dir
+    from vpr_ros.nodes.common import inference_threads
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -232,12 +250,13 @@ def main() -> None:
         bundle = default_model_dir()
         make_map(bags, bundle, tmp / "map")  # the child processes read it from there
         print(
-            "| image rgb8 | Fast DDS transports | bare backend ms | e2e p50 ms | e2e p99 ms | node p50 ms "
-            "| node p99 ms | backend p50 ms | frames lost and re-sent |"
+            "| image rgb8 | ORT threads | Fast DDS transports | bare backend ms | e2e p50 ms | e2e p99 ms "
+            "| node p50 ms | node p99 ms | intake delay p50 ms | backend p50 ms | frames lost and re-sent |"
         )
-        print("|---|---|---|---|---|---|---|---|---|")
-        for size in ((240, 320), (480, 640)):
-            bare = bare_backend_ms(bundle, query_images(bags, size))
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for threads, size in itertools.product(args.cpu_threads, ((240, 320), (480, 640))):
+            threads = threads or inference_threads()
+            bare = bare_backend_ms(bundle, query_images(bags, size), threads)
             for transport in ("default", "shipped profile"):
                 env = dict(os.environ)
                 env.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
@@ -249,10 +268,12 @@ def main() -> None:
                     str(args.frames),
                     "--image-size",
                     f"{size[0]}x{size[1]}",
+                    "--cpu-threads",
+                    str(threads),
                 ]
                 command = [sys.executable, __file__, *argv, "--child", str(tmp)]
                 row = run_child(command, env, args.child_timeout)
-                print(f"| {size[1]}x{size[0]} | {transport} | {bare:.1f} | {row} |", flush=True)
+                print(f"| {size[1]}x{size[0]} | {threads} | {transport} | {bare:.1f} | {row} |", flush=True)
 
 
 def run_child(command: list[str], env: dict, timeout_s: float) -> str:
@@ -278,8 +299,9 @@ def child(argv: list[str]) -> None:
 
     bags = Path(tmp) / "town" / "bags"
     size = tuple(int(v) for v in argv[argv.index("--image-size") + 1].split("x"))
-    result = latency_run(default_model_dir(), Path(tmp) / "map", query_images(bags, size), frames)
-    keys = ("e2e_p50_ms", "e2e_p99_ms", "node_p50_ms", "node_p99_ms", "backend_p50_ms")
+    threads = int(argv[argv.index("--cpu-threads") + 1])
+    result = latency_run(default_model_dir(), Path(tmp) / "map", query_images(bags, size), frames, threads)
+    keys = ("e2e_p50_ms", "e2e_p99_ms", "node_p50_ms", "node_p99_ms", "intake_p50_ms", "backend_p50_ms")
     print(" | ".join(f"{result[k]:.1f}" for k in keys) + f" | {result['resent']}")
 
 

@@ -189,6 +189,19 @@ def test_auto_picks_onnxruntime_on_this_cpu_and_says_why(tiny_bundle, caplog) ->
     assert "auto -> onnxruntime/cpu (passed over: TensorRT:" in info[0] and "ONNX Runtime CUDA:" in info[0]
 
 
+def test_onnxruntime_runs_on_the_cpu_threads_asked_for(tiny_bundle) -> None:
+    """``cpu_threads`` reaches ONNX Runtime's session (the nodes leave a core to DDS with it), the
+    embeddings do not depend on it, and the thread count is in the description (diagnostics)."""
+    bundle = load_bundle(tiny_bundle)
+    one = create_backend(bundle, "onnxruntime", cpu_threads=1)
+    every = create_backend(bundle, "onnxruntime")
+    assert one.session.get_session_options().intra_op_num_threads == 1
+    assert every.session.get_session_options().intra_op_num_threads == 0
+    assert one.describe() == "onnxruntime/cpu (1 thread)" and every.describe() == "onnxruntime/cpu"
+    image = np.random.default_rng(0).integers(0, 256, (60, 80, 3), np.uint8)
+    np.testing.assert_allclose(one.embed([image]), every.embed([image]), atol=1e-5)
+
+
 def test_explicit_backends_and_bad_choices(tiny_bundle) -> None:
     bundle = load_bundle(tiny_bundle)
     assert create_backend(bundle, "torch").describe() == "torch/cpu"

@@ -22,7 +22,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 __all__ = ["BACKENDS", "PRECISIONS", "EmbeddingBackend", "create_backend"]
 
 
-def _tensorrt(bundle, precision, device_id, max_batch, engine_cache_dir, build_engine_if_missing):
+def _tensorrt(bundle, precision, device_id, max_batch, engine_cache_dir, build_engine_if_missing, _threads):
     from vpr_ros.trt.runtime import TensorRTBackend
 
     return TensorRTBackend.open(
@@ -41,10 +41,10 @@ def _ort_cuda(bundle, precision, device_id, max_batch, *_):
     return OnnxRuntimeBackend(bundle, f"cuda:{device_id}", max_batch)
 
 
-def _ort_cpu(bundle, precision, device_id, max_batch, *_):
+def _ort_cpu(bundle, precision, device_id, max_batch, _cache, _build, cpu_threads):
     from vpr_ros.backends.onnxruntime import OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(bundle, "cpu", max_batch)
+    return OnnxRuntimeBackend(bundle, "cpu", max_batch, threads=cpu_threads)
 
 
 def _torch(bundle, precision, device_id, max_batch, *_):
@@ -78,11 +78,13 @@ def create_backend(
     max_batch: int = 16,
     engine_cache_dir: Path | None = None,
     build_engine_if_missing: bool = True,
+    cpu_threads: int = 0,
 ) -> EmbeddingBackend:
     """The first backend of ``backend``'s candidates that works here.
 
     ``precision`` applies where the backend has it (TensorRT fp32/fp16/int8, PyTorch fp16 autocast on
-    CUDA); ONNX Runtime always computes in fp32. ``onnxruntime`` tries CUDA, then the CPU. Raises a
+    CUDA); ONNX Runtime always computes in fp32. ``onnxruntime`` tries CUDA, then the CPU.
+    ``cpu_threads`` is ONNX Runtime's thread count on the CPU (0 = every core). Raises a
     BackendError listing every reason when nothing works.
     """
     if backend not in BACKENDS:
@@ -92,7 +94,8 @@ def create_backend(
     reasons = []
     for label, make in _CHOICES[backend]:
         try:
-            chosen = make(bundle, precision, device_id, max_batch, engine_cache_dir, build_engine_if_missing)
+            options = (engine_cache_dir, build_engine_if_missing, cpu_threads)
+            chosen = make(bundle, precision, device_id, max_batch, *options)
         except (BackendError, ImportError) as exc:
             reasons.append(f"{label}: {exc}")
             log.debug("backend %s: %s not used: %s", backend, label, exc)  # said once, below

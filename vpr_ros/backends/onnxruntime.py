@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 class OnnxRuntimeBackend(EmbeddingBackend):
     """``model.onnx`` in an ``InferenceSession``. ``device`` is ``cpu`` or ``cuda:<id>``; a CUDA
     request fails (BackendError) instead of silently falling back to the CPU, so ``auto`` can log
-    which provider really runs. ``threads`` = 0 lets ONNX Runtime use every core."""
+    which provider really runs. ``threads`` = 0 lets ONNX Runtime use every core (the nodes pass
+    every core but one, see ``vpr_ros.nodes.common.inference_threads``)."""
 
     name = "onnxruntime"
 
@@ -40,6 +41,7 @@ class OnnxRuntimeBackend(EmbeddingBackend):
         else:
             raise BackendError(f"onnxruntime device {device!r} is not 'cpu' or 'cuda:<id>'")
         options = ort.SessionOptions()
+        self.threads = threads
         options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise
@@ -65,6 +67,12 @@ class OnnxRuntimeBackend(EmbeddingBackend):
                 f"{bundle.onnx_path}: graph inputs {inputs} / outputs {outputs} do not match model.json "
                 f"({bundle.input.name!r} -> {bundle.output_name!r})"
             )
+
+    def describe(self) -> str:
+        """``onnxruntime/cpu``, with the thread count when it was set."""
+        if self.device == "cpu" and self.threads > 0:
+            return f"{super().describe()} ({self.threads} thread{'s' if self.threads > 1 else ''})"
+        return super().describe()
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.bundle.output_name], {self.bundle.input.name: batch})[0]

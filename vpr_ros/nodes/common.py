@@ -8,6 +8,7 @@ the process with one line naming the reason (a robot's launch file shows it, not
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import deque
@@ -51,6 +52,17 @@ RESULT_QOS = 10  # reliable, keep last 10
 EXECUTOR_THREADS = 4
 
 
+def inference_threads() -> int:
+    """ONNX Runtime's CPU threads in a node: every core this process may use but one, at least one.
+
+    Inference on every core left nothing for the DDS receive threads and the executor: on 2 vCPUs
+    a 640x480 stream at 15 Hz lost bursts of 5-17 frames in 4 of 12 runs of tests/test_transport.py,
+    none in 20 runs with one inference thread, 10 of them beside a busy loop on both cores
+    (README, "Raw images over DDS").
+    """
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
 class LatencyWindow:
     """The last ``size`` samples, for percentiles in diagnostics."""
 
@@ -91,6 +103,8 @@ class VprNode(LifecycleNode):
         self._diag_timer = None
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.received = 0
+        # DDS reception (the rmw's timestamp) to this node's image callback: the executor's share.
+        self.intake_delay = LatencyWindow()
         self.configure_error = ""
 
     # ---------------------------------------------------------------- lifecycle
@@ -148,6 +162,7 @@ class VprNode(LifecycleNode):
             int(cfg["model.device_id"]),
             engine_cache_dir=str(cfg["model.engine_cache_dir"]) or None,
             build_engine_if_missing=bool(cfg["model.build_engine_if_missing"]),
+            cpu_threads=int(cfg["model.cpu_threads"]) or inference_threads(),
         )
 
     def publish_map(self, place_map: PlaceMap, path_pub: Any, marker_pub: Any) -> None:
@@ -180,13 +195,17 @@ class VprNode(LifecycleNode):
             self.resolve_topic_name(name) + ("/compressed" if compressed else "")
             for name in self.image_topic_names()
         ]
+        # Callbacks with rclpy's MessageInfo (two arguments), for the intake delay.
+        callbacks = [
+            lambda msg, info, cam=cam: self._receive(msg, info, cam) for cam in range(len(self.image_topics))
+        ]
         # IMAGE_QOS (best effort) unless every publisher of a topic offers reliable; checked again
         # every second, so a camera started later or restarted with other QoS is followed.
         self._image_inputs = AdaptiveImageSubscriptions(
             self,
             CompressedImage if compressed else Image,
             self.image_topics,
-            [lambda msg, cam=cam: self._receive(msg, cam) for cam in range(len(self.image_topics))],
+            callbacks,
             self.IMAGE_QOS,
             self.intake_group,
         )
@@ -200,8 +219,11 @@ class VprNode(LifecycleNode):
         """The first (for the mapper: the only) image topic, resolved."""
         return self.image_topics[0]
 
-    def _receive(self, msg: Image | CompressedImage, camera: int) -> None:
+    def _receive(self, msg: Image | CompressedImage, info: dict[str, Any], camera: int) -> None:
+        """An image callback (with rclpy's MessageInfo, for the intake delay)."""
         self.received += 1
+        if info.get("received_timestamp"):
+            self.intake_delay.add((time.time_ns() - info["received_timestamp"]) * 1e-9)
         self._last_image = time.monotonic()
         self.on_image(msg, camera)
 

@@ -63,6 +63,8 @@ def _model_params() -> tuple[Param, ...]:
         Param("model.precision", "fp16", "TensorRT / PyTorch-CUDA precision (ONNX Runtime runs fp32)",
               choices=PRECISIONS),
         Param("model.device_id", 0, "CUDA device index", 0, 64),
+        Param("model.cpu_threads", 0,
+              "ONNX Runtime CPU threads; 0 = every core but one (left to DDS and the executor)", 0, 256),
         Param("model.engine_cache_dir", "", "TensorRT engine cache ('' = <bundle>/engines)"),
         Param("model.build_engine_if_missing", True,
               "build the TensorRT engine at configure when none is cached"),
@@ -74,7 +76,7 @@ def _common_tail() -> tuple[Param, ...]:
         Param("input.transport", "raw", "subscribe to 'image' (raw) or '<image>/compressed'",
               choices=("raw", "compressed")),
         Param("input.stale_warn_s", 5.0, "warn when no image arrived for this long (s)", 0.1, 3600.0),
-        Param("output.publish_markers", True, "publish RViz markers on ~/markers"),
+        Param("output.publish_markers", True, "publish RViz markers on ~/markers (while subscribed)"),
         Param("diagnostics.period_s", 1.0, "period of /diagnostics messages (s)", 0.1, 60.0),
         Param("autostart", True, "configure and activate at start (no lifecycle manager needed)"),
     )  # fmt: skip
