@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import REPO_ROOT, requires_rclpy
-from ros_harness import RosHarness, localizer_args, output_of
+from ros_harness import RosHarness, localizer_args, node_args, output_of
 
 PROFILE = REPO_ROOT / "config" / "fastdds_large_images.xml"
 RATE_HZ = 15.0
@@ -209,3 +209,37 @@ def test_inference_leaves_one_core_to_dds_and_the_executor(monkeypatch) -> None:
     for cores, threads in (({0}, 1), ({0, 1}, 1), ({0, 1, 2, 3, 4, 5, 6, 7}, 7)):
         monkeypatch.setattr(common.os, "sched_getaffinity", lambda pid, cores=cores: cores)
         assert common.inference_threads() == threads
+
+
+def fastdds_segments() -> set[str]:
+    """Fast DDS's shared-memory data segments on this host (one per participant using SHM)."""
+    shm = Path("/dev/shm")
+    return {p.name for p in shm.glob("fastdds_*") if not p.name.endswith("_el") and "port" not in p.name}
+
+
+@requires_rclpy
+@pytest.mark.parametrize("node", ["localizer", "mapper"])
+def test_a_node_stopped_with_sigint_leaves_no_shared_memory_behind(
+    ros_process, bundle, day_map, tmp_path, node
+) -> None:
+    """With the shipped profile every participant maps a 16 MiB /dev/shm segment. A node that exited
+    with its worker thread still running left it behind (rclpy did not destroy the participant):
+    a few dozen test runs or robot restarts filled a container's 64 MiB /dev/shm."""
+    import signal
+
+    if node == "localizer":
+        args = localizer_args(bundle, day_map)
+    else:
+        mapper = "vpr_ros.nodes.mapper"
+        args = node_args(mapper, f"model.bundle_dir:={bundle}", f"map.dir:={tmp_path / 'map'}")
+    before = fastdds_segments()
+    proc = ros_process(args, env=transport_env(PROFILE))
+    with RosHarness("shm_test") as ros:
+        # Active once it subscribes to the camera (its worker thread is running then).
+        subscribed = ros.spin_until(lambda: ros.node.count_subscribers("/cam/image") >= 1, 60.0, proc)
+        assert subscribed, output_of(proc)
+    started = fastdds_segments() - before
+    assert started, "the node mapped no shared-memory segment (is the profile loaded?)"
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=20) == 0, output_of(proc)
+    assert not started & fastdds_segments(), f"left in /dev/shm: {sorted(started & fastdds_segments())}"

@@ -50,6 +50,10 @@ LATCHED_QOS = QoSProfile(
 RESULT_QOS = 10  # reliable, keep last 10
 # Image intake, a blocking service (~/relocalize waits for a fix) and the timers each get a thread.
 EXECUTOR_THREADS = 4
+# How long a thread waiting for the interpreter lock waits before the holder must drop it (Python's
+# default 5 ms). The worker takes the lock many times per frame between native calls; behind a
+# CPU-bound Python thread (a map reload parsing 60,000 keyframes) each take cost up to 5 ms.
+SWITCH_INTERVAL_S = 0.0005
 
 
 def inference_threads() -> int:
@@ -150,6 +154,9 @@ class VprNode(LifecycleNode):
 
     def load(self) -> None:
         raise NotImplementedError
+
+    def stop_worker(self) -> None:
+        """Stop the node's own processing thread, if it has one (deactivation and process exit)."""
 
     def load_model(self) -> None:
         """``bundle`` and ``backend`` from the model.* parameters (part of ``load``)."""
@@ -263,6 +270,7 @@ def run(make_node: Callable[[], VprNode], args: list[str] | None, on_exit: Calla
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     rclpy.init(args=args if args is not None else sys.argv)
     try:
         node = make_node()
@@ -283,6 +291,9 @@ def run(make_node: Callable[[], VprNode], args: list[str] | None, on_exit: Calla
         pass
     finally:
         on_exit(node)
+        # A thread still running at exit kept rclpy from destroying the DDS participant, which left
+        # its shared-memory segment (16 MiB with the shipped profile) in /dev/shm.
+        node.stop_worker()
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

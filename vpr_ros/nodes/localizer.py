@@ -178,11 +178,14 @@ class Localizer(VprNode):
 
     def on_deactivate(self, state):
         result = super().on_deactivate(state)
+        self.stop_worker()
+        return result
+
+    def stop_worker(self) -> None:
         self.mailboxes.close()
         if self.worker is not None:
             self.worker.join(timeout=10.0)
             self.worker = None
-        return result
 
     def release(self) -> None:
         self.backend = None

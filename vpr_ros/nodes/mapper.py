@@ -167,11 +167,14 @@ class Mapper(VprNode):
             self.destroy_subscription(subscription)
         self._pose_subs = []
         result = super().on_deactivate(state)
+        self.stop_worker()
+        return result
+
+    def stop_worker(self) -> None:
         if self._worker is not None:
             self._pairs.put(None)  # after the queued pairs: they are offered first
             self._worker.join(timeout=60.0)
             self._worker = None
-        return result
 
     def release(self) -> None:
         self.backend = None
