@@ -29,6 +29,7 @@ from vpr_ros.errors import InputError
 from vpr_ros.mapping.place_map import PlaceMap
 from vpr_ros.nodes import messages
 from vpr_ros.nodes import params as P
+from vpr_ros.nodes.intake import ImageIntake
 from vpr_ros.nodes.transport import AdaptiveImageSubscriptions
 from vpr_ros.nodes.transport import describe as describe_qos
 
@@ -77,7 +78,8 @@ class LatencyWindow:
         self.samples.append(seconds)
 
     def percentile_ms(self, q: float) -> float:
-        return float(np.percentile(self.samples, q) * 1e3) if self.samples else float("nan")
+        samples = list(self.samples)  # one copy: another thread may be adding meanwhile
+        return float(np.percentile(samples, q) * 1e3) if samples else float("nan")
 
 
 class VprNode(LifecycleNode):
@@ -92,6 +94,10 @@ class VprNode(LifecycleNode):
     PARAMS: tuple[P.Param, ...] = ()
     REQUIRED = ("model.bundle_dir", "map.dir")  # string parameters without a usable default
     IMAGE_QOS = CAMERA_QOS
+    # Image callbacks on a thread of their own (vpr_ros.nodes.intake) instead of the executor's
+    # intake group: for the localizer, whose answers wait for them. The mapper pairs images with
+    # poses in one callback group, so it keeps both on the executor.
+    OWN_IMAGE_THREAD = False
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
@@ -100,6 +106,7 @@ class VprNode(LifecycleNode):
         self.bundle = None  # load_model
         self.backend = None
         self._image_inputs: AdaptiveImageSubscriptions | None = None
+        self._intake: ImageIntake | None = None
         self.image_topics: list[str] = []
         self.intake_group = MutuallyExclusiveCallbackGroup()
         self._last_image = time.monotonic()
@@ -137,9 +144,7 @@ class VprNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
-        if self._image_inputs is not None:
-            self._image_inputs.close()
-            self._image_inputs = None
+        self._close_image_inputs()
         if self._stale_timer is not None:
             self.destroy_timer(self._stale_timer)
             self._stale_timer = None
@@ -157,6 +162,12 @@ class VprNode(LifecycleNode):
 
     def stop_worker(self) -> None:
         """Stop the node's own processing thread, if it has one (deactivation and process exit)."""
+
+    def stop_threads(self) -> None:
+        """Image intake and worker stopped (process exit: a thread still running at exit kept rclpy
+        from destroying the DDS participant, which left its shared-memory segment in /dev/shm)."""
+        self._close_image_inputs()
+        self.stop_worker()
 
     def load_model(self) -> None:
         """``bundle`` and ``backend`` from the model.* parameters (part of ``load``)."""
@@ -206,20 +217,31 @@ class VprNode(LifecycleNode):
         callbacks = [
             lambda msg, info, cam=cam: self._receive(msg, info, cam) for cam in range(len(self.image_topics))
         ]
+        if self.OWN_IMAGE_THREAD:
+            self._intake = ImageIntake(self)
         # IMAGE_QOS (best effort) unless every publisher of a topic offers reliable; checked again
         # every second, so a camera started later or restarted with other QoS is followed.
         self._image_inputs = AdaptiveImageSubscriptions(
-            self,
+            self._intake.node if self._intake is not None else self,
             CompressedImage if compressed else Image,
             self.image_topics,
             callbacks,
             self.IMAGE_QOS,
-            self.intake_group,
+            None if self._intake is not None else self.intake_group,
+            logger=self.get_logger(),
         )
         listening = ", ".join(
             f"{topic} ({describe_qos(qos)})" for topic, qos in zip(self.image_topics, self._image_inputs.qos)
         )
         self.get_logger().info(f"listening to {listening}")
+
+    def _close_image_inputs(self) -> None:
+        if self._image_inputs is not None:
+            self._image_inputs.close()
+            self._image_inputs = None
+        if self._intake is not None:
+            self._intake.close()
+            self._intake = None
 
     @property
     def image_topic(self) -> str:
@@ -291,9 +313,7 @@ def run(make_node: Callable[[], VprNode], args: list[str] | None, on_exit: Calla
         pass
     finally:
         on_exit(node)
-        # A thread still running at exit kept rclpy from destroying the DDS participant, which left
-        # its shared-memory segment (16 MiB with the shipped profile) in /dev/shm.
-        node.stop_worker()
+        node.stop_threads()
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

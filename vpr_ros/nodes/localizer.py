@@ -63,6 +63,7 @@ from vpr_ros.nodes.tf_io import TfListener
 class Localizer(VprNode):
     PARAMS = P.LOCALIZER
     DIAGNOSTIC_TASK = "localization"
+    OWN_IMAGE_THREAD = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("vpr_localizer", **kwargs)

@@ -49,7 +49,8 @@ def describe(qos: QoSProfile) -> str:
 class AdaptiveImageSubscriptions:
     """One subscription per image topic, each with the QoS its publishers offer; :meth:`close`
     destroys them and the re-check timer (deactivation). The re-check runs in ``callback_group``
-    (the image intake group), so it never races an image callback."""
+    (the image intake group, or the intake thread's node), so it never races an image callback.
+    ``logger``: where re-subscriptions are told (default: ``node``'s)."""
 
     def __init__(
         self,
@@ -60,8 +61,10 @@ class AdaptiveImageSubscriptions:
         base_qos: QoSProfile,
         callback_group: Any,
         period_s: float = RECHECK_PERIOD_S,
+        logger: Any = None,
     ) -> None:
         self.node, self.msg_type, self.topics, self.callbacks = node, msg_type, topics, callbacks
+        self.logger = logger if logger is not None else node.get_logger()
         self.base_qos, self.group = base_qos, callback_group
         self.qos: list[QoSProfile] = []
         self.subscriptions: list[Any] = []
@@ -88,7 +91,7 @@ class AdaptiveImageSubscriptions:
             self.node.destroy_subscription(self.subscriptions[camera])
             self.subscriptions[camera] = self._subscribe(topic, self.callbacks[camera], wanted)
             self.qos[camera] = wanted
-            self.node.get_logger().info(f"{topic}: the publishers offer {describe(wanted)}: re-subscribed")
+            self.logger.info(f"{topic}: the publishers offer {describe(wanted)}: re-subscribed")
 
     def close(self) -> None:
         self.node.destroy_timer(self.timer)
