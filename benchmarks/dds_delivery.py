@@ -85,12 +85,11 @@ def publisher(args) -> None:
     while pub.get_subscription_count() < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     if pub.get_subscription_count() < 1:
-        print(json.dumps({"sent": 0, "error": "no subscriber matched"}), flush=True)
+        report(node, {"sent": 0, "error": "no subscriber matched"})
         return
     time.sleep(args.settle)  # the reader's side of the match (it drops data of unknown writers)
     pixels = np.random.default_rng(0).integers(0, 256, (height, width * 3), np.uint8)
     msg = Image(height=height, width=width, encoding="rgb8", is_bigendian=0, step=width * 3)
-    msg.header.frame_id = "camera"
     publish_ms = []
     start, period = time.monotonic() + 0.1, 1.0 / args.rate
     for i in range(args.frames):
@@ -109,17 +108,23 @@ def publisher(args) -> None:
         publish_ms.append((time.perf_counter() - t0) * 1e3)
     late = time.monotonic() - (start + (args.frames - 1) * period)
     time.sleep(args.linger)  # reliable: repairs of the last frames
-    print(
-        json.dumps(
-            {
-                "sent": args.frames,
-                "publish_ms_p50": float(np.percentile(publish_ms, 50)),
-                "publish_ms_max": float(np.max(publish_ms)),
-                "behind_schedule_s": late,
-            }
-        ),
-        flush=True,
+    report(
+        node,
+        {
+            "sent": args.frames,
+            "publish_ms_p50": float(np.percentile(publish_ms, 50)),
+            "publish_ms_max": float(np.max(publish_ms)),
+            "behind_schedule_s": late,
+        },
     )
+
+
+def report(node, result: dict) -> None:
+    """A child's one JSON line for the parent, then ROS left cleanly: destroying the participant
+    also frees its /dev/shm segment (a child that just returned left it behind)."""
+    import rclpy
+
+    print(json.dumps(result), flush=True)
     node.destroy_node()
     rclpy.shutdown()
 
@@ -173,22 +178,18 @@ def subscriber(args) -> None:
                 break
     latency = np.array(list(got.values())) if got else np.array([float("nan")])
     first_missing = sorted(set(range(args.frames)) - set(got))[:10]
-    print(
-        json.dumps(
-            {
-                "received": len(got),
-                "broken": broken[0],
-                "lost_events": lost_events[0],
-                "latency_ms_p50": float(np.percentile(latency, 50)),
-                "latency_ms_p99": float(np.percentile(latency, 99)),
-                "latency_ms_max": float(np.max(latency)),
-                "first_missing": first_missing,
-            }
-        ),
-        flush=True,
+    report(
+        node,
+        {
+            "received": len(got),
+            "broken": broken[0],
+            "lost_events": lost_events[0],
+            "latency_ms_p50": float(np.percentile(latency, 50)),
+            "latency_ms_p99": float(np.percentile(latency, 99)),
+            "latency_ms_max": float(np.max(latency)),
+            "first_missing": first_missing,
+        },
     )
-    node.destroy_node()
-    rclpy.shutdown()
 
 
 # ---------------------------------------------------------------- parent
